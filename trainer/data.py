@@ -1,0 +1,161 @@
+"""Batches for the step: in-memory arrays or a `tf.data.Dataset`.
+
+Arrays are batched in order (or reshuffled each epoch), float arrays are cast
+to `keras.config.floatx()`, and `class_weight` becomes per-sample weights, as
+`Model.fit`'s array adapter does. The batch dimension is static exactly when
+every batch is full; that matters because a `<output>_loss` tracker weights a
+batch by the static batch size (or by 1 when unknown).
+"""
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import tree
+
+import kernels
+from trainer import structure
+
+
+@dataclasses.dataclass
+class Batches:
+  """A dataset of batches and how many there are per epoch (None: unknown)."""
+
+  dataset: Any
+  num_batches: Optional[int]
+
+  @property
+  def element_spec(self):
+    return self.dataset.element_spec
+
+
+def _to_array(value):
+  array = np.asarray(value)
+  if array.dtype.kind == "f" and array.dtype != np.dtype(keras.config.floatx()):
+    array = array.astype(keras.config.floatx())
+  return array
+
+
+def class_weight_table(class_weight, num_classes):
+  """A 1-D float32 table: entry c = class_weight.get(c, 1.0)."""
+  size = max(num_classes, max(class_weight) + 1)
+  return np.array([float(class_weight.get(c, 1.0)) for c in range(size)], np.float32)
+
+
+def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
+                  class_weight=None):
+  """Batches in-memory arrays (nested lists and dicts of arrays allowed).
+
+  Args:
+    x, y, sample_weight: arrays with the same first dimension; a single
+      sample_weight array with several outputs applies to each output.
+    batch_size: samples per batch; the last batch holds the remainder.
+    shuffle: True reshuffles all samples every epoch; "batch" shuffles within
+      each batch; False keeps the order.
+    class_weight: {class id: weight}; turned into sample weights.
+  """
+  x = tree.map_structure(_to_array, tree.lists_to_tuples(x))
+  y = None if y is None else tree.map_structure(_to_array, tree.lists_to_tuples(y))
+  if sample_weight is not None:
+    sample_weight = tree.map_structure(_to_array, tree.lists_to_tuples(sample_weight))
+    if tree.is_nested(y) and not tree.is_nested(sample_weight):
+      sample_weight = tree.map_structure(lambda _: sample_weight, y)
+  if class_weight is not None:
+    y_np = np.asarray(y)
+    if y_np.ndim > 1 and y_np.shape[-1] > 1:
+      num_classes = y_np.shape[-1]
+    else:
+      num_classes = int(np.round(y_np).max()) + 1 if y_np.size else 0
+    table = class_weight_table(class_weight, num_classes)
+    sample_weight = kernels.class_weights_to_sample_weights(
+        tf.constant(y_np), tf.constant(table)).numpy()
+  data = structure.pack_batch(x, y, sample_weight)
+  num_samples = tree.flatten(data)[0].shape[0]
+  full_batches_only = num_samples % batch_size == 0
+  indices = tf.data.Dataset.range(num_samples)
+  if shuffle and shuffle != "batch":
+    indices = indices.shuffle(num_samples, reshuffle_each_iteration=True)
+  indices = indices.batch(batch_size, drop_remainder=full_batches_only)
+  if shuffle == "batch":
+    indices = indices.map(tf.random.shuffle)
+  tensors = tf.data.Dataset.from_tensors(
+      tree.map_structure(tf.convert_to_tensor, data)).repeat()
+
+  def gather(batch_indices, arrays):
+    return tree.map_structure(lambda a: tf.gather(a, batch_indices, axis=0), arrays)
+
+  dataset = tf.data.Dataset.zip((indices, tensors)).map(gather)
+  dataset = dataset.prefetch(tf.data.AUTOTUNE)
+  return Batches(dataset, int(math.ceil(num_samples / batch_size)))
+
+
+def dataset_batches(dataset, class_weight=None):
+  """Uses a user's dataset of (x, y[, sample_weight]) batches as it is."""
+  if class_weight is not None:
+    table = tf.constant(class_weight_table(class_weight, 0))
+
+    def add_class_weights(*batch):
+      x, y, _ = structure.unpack_batch(batch)
+      return x, y, kernels.class_weights_to_sample_weights(y, table)
+
+    dataset = dataset.map(add_class_weights)
+  cardinality = int(dataset.cardinality().numpy())
+  return Batches(dataset, cardinality if cardinality >= 0 else None)
+
+
+def make_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
+                 class_weight=None):
+  if isinstance(x, tf.data.Dataset):
+    return dataset_batches(x, class_weight)
+  return array_batches(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
+                       class_weight=class_weight)
+
+
+class EpochSteps:
+  """Yields (first step, last step) of each execution in one epoch.
+
+  Mirrors `fit`'s epoch iterator: with `steps_per_epoch` set, one iterator
+  carries over epochs until the data is used up; otherwise every epoch starts
+  a fresh pass over the data. A dataset of unknown length ends the epoch when
+  it raises `OutOfRangeError`.
+  """
+
+  def __init__(self, batches, steps_per_epoch=None, steps_per_execution=1):
+    self.batches = batches
+    self.steps_per_epoch = steps_per_epoch
+    self.steps_per_execution = steps_per_execution
+    self._iterator = None
+    self._seen = 0
+
+  @property
+  def num_batches(self):
+    return self.steps_per_epoch or self.batches.num_batches
+
+  def iterator(self):
+    if self._iterator is None or self.steps_per_epoch is None:
+      self._iterator = iter(self.batches.dataset)
+      self._seen = 0
+    return self._iterator
+
+  def executions(self):
+    """(begin, end) step numbers of each call of the compiled function."""
+    total = self.num_batches
+    known = self.batches.num_batches
+    step = 0
+    while total is None or step < total:
+      if known is not None and self._seen >= known:
+        break
+      yield step, step + self.steps_per_execution - 1
+      self._seen += self.steps_per_execution
+      step += self.steps_per_execution
+    if known is not None and self._seen >= known:
+      self._iterator = None
+
+  def exhausted(self):
+    """The iterator ran dry mid-epoch: start afresh next time."""
+    if self.batches.num_batches is None:
+      self.batches.num_batches = self._seen
+    self._iterator = None
