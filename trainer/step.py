@@ -143,6 +143,8 @@ class _Stages:
     terms, output_losses, batch_weights = [], [], []
     if compile_loss is not None and y is not None:
       y_true = structure.align_targets(y, y_pred, getattr(model, "output_names", None))
+      if not compile_loss.built:  # First use outside `trainer.fit`, which builds.
+        compile_loss.build(y_true, y_pred)
       # The compiled loss resolved its (path, loss, weight) triples against the
       # structure it was built with; repack both sides into it.
       y_pred_s = y_pred
@@ -205,6 +207,8 @@ class _Stages:
             tracker.total, tracker.count, _unscale(value, replicas), weight))
     compile_metrics = model._compile_metrics
     if compile_metrics is not None and y is not None:
+      if not compile_metrics.built:  # First use outside `trainer.fit`, which builds.
+        compile_metrics.build(y, y_pred)
       names = getattr(compile_metrics, "_resolved_output_names", None)
       ys = structure.flatten_outputs(y, names)
       preds = structure.flatten_outputs(y_pred, names)
@@ -325,6 +329,8 @@ class TrainStep(_Stages):
     it opens the apply stage.
     """
     cfg = self.config
+    if not self.model.optimizer.built:  # First use outside `trainer.fit`, which builds.
+      self.model.optimizer.build(self.trainable_variables)
     finite = None
     if self.loss_scaler is not None:
       finite = kernels.all_finite(grads)
