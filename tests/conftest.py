@@ -1,6 +1,10 @@
 """Shared pytest setup: quiet TF logs, CPU only, fresh Keras state per test."""
 
 import os
+import sys
+
+# Test modules import helpers as `tests.x` or plain `x`; both resolve.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
