@@ -45,17 +45,12 @@ def class_weight_table(class_weight, num_classes):
   return np.array([float(class_weight.get(c, 1.0)) for c in range(size)], np.float32)
 
 
-def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
-                  class_weight=None):
-  """Batches in-memory arrays (nested lists and dicts of arrays allowed).
+def prepare_arrays(x, y=None, sample_weight=None, class_weight=None):
+  """Returns the (x[, y[, sample_weight]]) tuple `fit` trains on, as NumPy arrays.
 
-  Args:
-    x, y, sample_weight: arrays with the same first dimension; a single
-      sample_weight array with several outputs applies to each output.
-    batch_size: samples per batch; the last batch holds the remainder.
-    shuffle: True reshuffles all samples every epoch; "batch" shuffles within
-      each batch; False keeps the order.
-    class_weight: {class id: weight}; turned into sample weights.
+  Float arrays are cast to floatx, lists become tuples, one sample_weight
+  array with several outputs applies to each output, and `class_weight`
+  becomes per-sample weights.
   """
   x = tree.map_structure(_to_array, tree.lists_to_tuples(x))
   y = None if y is None else tree.map_structure(_to_array, tree.lists_to_tuples(y))
@@ -72,7 +67,30 @@ def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
     table = class_weight_table(class_weight, num_classes)
     sample_weight = kernels.class_weights_to_sample_weights(
         tf.constant(y_np), tf.constant(table)).numpy()
-  data = structure.pack_batch(x, y, sample_weight)
+  return structure.pack_batch(x, y, sample_weight)
+
+
+def batch_spec(data, batch_size):
+  """The element spec `fit`'s dataset has: batch dim static iff no partial batch."""
+  num_samples = tree.flatten(data)[0].shape[0]
+  batch_dim = batch_size if num_samples % batch_size == 0 else None
+  return tree.map_structure(
+      lambda a: tf.TensorSpec((batch_dim,) + a.shape[1:], tf.as_dtype(a.dtype)), data)
+
+
+def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
+                  class_weight=None):
+  """Batches in-memory arrays (nested lists and dicts of arrays allowed).
+
+  Args:
+    x, y, sample_weight: arrays with the same first dimension; a single
+      sample_weight array with several outputs applies to each output.
+    batch_size: samples per batch; the last batch holds the remainder.
+    shuffle: True reshuffles all samples every epoch; "batch" shuffles within
+      each batch; False keeps the order.
+    class_weight: {class id: weight}; turned into sample weights.
+  """
+  data = prepare_arrays(x, y, sample_weight, class_weight)
   num_samples = tree.flatten(data)[0].shape[0]
   full_batches_only = num_samples % batch_size == 0
   indices = tf.data.Dataset.range(num_samples)
@@ -90,6 +108,42 @@ def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
   dataset = tf.data.Dataset.zip((indices, tensors)).map(gather)
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
   return Batches(dataset, int(math.ceil(num_samples / batch_size)))
+
+
+class DeviceArrays:
+  """In-memory training data held as tensors on the device, batched in-graph.
+
+  The fused path (`trainer.functions.FusedArraySteps`) slices batch i as
+  `gather(data, order[i*B:(i+1)*B])`, so no `tf.data` iterator runs per step.
+  `order` is the epoch's sample order: 0..N-1, or a fresh permutation each
+  epoch with `shuffle=True`.
+  """
+
+  def __init__(self, x, y=None, sample_weight=None, *, batch_size, shuffle=False,
+               class_weight=None):
+    if shuffle == "batch":
+      raise ValueError('`shuffle="batch"` is not supported by the in-memory fast path.')
+    data = prepare_arrays(x, y, sample_weight, class_weight)
+    self.element_spec = batch_spec(data, batch_size)
+    self.data = tree.map_structure(tf.convert_to_tensor, data)
+    self.num_samples = tree.flatten(data)[0].shape[0]
+    self.batch_size = batch_size
+    self.shuffle = bool(shuffle)
+    self.num_full_batches = self.num_samples // batch_size
+    self.remainder = self.num_samples % batch_size
+    self.num_batches = int(math.ceil(self.num_samples / batch_size))
+
+  def epoch_order(self):
+    order = tf.range(self.num_samples, dtype=tf.int64)
+    return tf.random.shuffle(order) if self.shuffle else order
+
+
+
+def gather_batch(data, order, index, batch_size, size):
+  """Batch number `index`: the `size` samples at order[index*batch_size:]."""
+  start = tf.cast(index, tf.int64) * batch_size
+  indices = tf.slice(order, tf.reshape(start, [1]), [size])
+  return tree.map_structure(lambda a: tf.gather(a, indices, axis=0), data)
 
 
 def dataset_batches(dataset, class_weight=None):

@@ -16,6 +16,8 @@ partial batch reuse the compiled function.
 
 import tensorflow as tf
 
+from trainer.data import gather_batch
+
 
 class CompiledStep:
   """A step function compiled for repeated execution over an iterator.
@@ -75,3 +77,71 @@ class CompiledStep:
 
   def __call__(self, iterator):
     return self.multi_step(iterator)
+
+
+class FusedArraySteps:
+  """Runs each execution over device-resident arrays in one compiled call.
+
+  The in-memory fast path of `trainer.fit`: batch i is gathered in-graph from
+  `trainer.data.DeviceArrays`, so no `tf.data` iterator, `Optional` or host
+  round trip runs per step. With XLA the whole loop of full batches is one
+  XLA computation (`fit` compiles only the single step). The partial last
+  batch, whose shape differs, is one more call of the same step.
+
+  The step itself is traced once, with the element spec `fit`'s dataset
+  would have (batch dimension None when a partial batch exists), so the
+  metric weights that depend on the static batch size match `fit`'s. The
+  arrays are arguments, not captures, so a second `fit` on data of the same
+  shapes reuses the traces.
+
+  Args:
+    step: a callable taking one batch and returning a dict of logs.
+    element_spec: the batch signature (`DeviceArrays.element_spec`).
+    jit_compile: compile the fused loops with XLA.
+    run_eagerly: no `tf.function` at all (for debugging).
+  """
+
+  def __init__(self, step, *, element_spec, jit_compile=False, run_eagerly=False):
+    self.trace_count = 0
+
+    def traced_step(batch):
+      self.trace_count += 1  # Python side effect: runs once per trace.
+      return step(batch)
+
+    if run_eagerly:
+      self.one_step, self.full_steps, self.last_step = (
+          traced_step, self._full_steps, self._last_step)
+    else:
+      self.one_step = tf.function(traced_step, input_signature=[element_spec],
+                                  autograph=False)
+      self.full_steps = tf.function(self._full_steps, jit_compile=jit_compile,
+                                    autograph=False)
+      self.last_step = tf.function(self._last_step, jit_compile=jit_compile,
+                                   autograph=False)
+
+  def _full_steps(self, data, order, first, count, batch_size):
+    """Steps first .. first+count-1, all full batches; returns the last logs."""
+    logs = self.one_step(gather_batch(data, order, first, batch_size, batch_size))
+
+    def body(i, logs):
+      del logs
+      return i + 1, self.one_step(gather_batch(data, order, first + i, batch_size,
+                                               batch_size))
+
+    _, logs = tf.while_loop(lambda i, logs: i < count, body, (tf.constant(1), logs))
+    return logs
+
+  def _last_step(self, data, order, index, batch_size, size):
+    return self.one_step(gather_batch(data, order, index, batch_size, size))
+
+  def run(self, arrays, order, begin, end):
+    """Runs steps begin..end (clipped to the epoch) and returns the last logs."""
+    logs = None
+    stop = min(end + 1, arrays.num_full_batches)
+    if begin < stop:
+      logs = self.full_steps(arrays.data, order, tf.constant(begin),
+                             tf.constant(stop - begin), arrays.batch_size)
+    if arrays.remainder and begin <= arrays.num_full_batches <= end:
+      logs = self.last_step(arrays.data, order, tf.constant(arrays.num_full_batches),
+                            arrays.batch_size, arrays.remainder)
+    return logs

@@ -20,7 +20,7 @@ from keras import tree
 
 from trainer import checks, data, structure
 from trainer.config import StepConfig
-from trainer.functions import CompiledStep
+from trainer.functions import CompiledStep, FusedArraySteps
 from trainer.step import TestStep, TrainStep, reset_metrics, results
 
 
@@ -89,6 +89,37 @@ class Runner:
   def test_function(self, element_spec):
     return self._compiled(self._test, self.test_step, element_spec)
 
+  def fused_function(self, training, element_spec):
+    key = ("fused", training, repr(element_spec))
+    cache = self._train if training else self._test
+    if key not in cache:
+      cache[key] = FusedArraySteps(
+          self.train_step if training else self.test_step, element_spec=element_spec,
+          jit_compile=self.config.jit_compile, run_eagerly=self.config.run_eagerly)
+    return cache[key]
+
+  def feed(self, training, x, y=None, sample_weight=None, *, batch_size, shuffle=False,
+           class_weight=None, steps=None):
+    """The batches of one `fit` or `evaluate` call and the function that runs them.
+
+    In-memory arrays take the fused fast path (`FusedArraySteps` over
+    `DeviceArrays`) unless `steps` limits the epoch (then `fit` carries one
+    iterator across epochs) or `shuffle="batch"`; datasets take the
+    iterator path (`CompiledStep`), as in `fit`.
+    """
+    spe = self.config.steps_per_execution
+    if not isinstance(x, tf.data.Dataset) and steps is None and shuffle != "batch":
+      arrays = data.DeviceArrays(x, y, sample_weight, batch_size=batch_size,
+                                 shuffle=shuffle, class_weight=class_weight)
+      _build(self.model, arrays.element_spec)
+      return FusedFeed(arrays, self.fused_function(training, arrays.element_spec), spe)
+    batches = data.make_batches(x, y, sample_weight, batch_size=batch_size,
+                                shuffle=shuffle, class_weight=class_weight)
+    _build(self.model, batches.element_spec)
+    compiled = (self.train_function if training else self.test_function)(
+        batches.element_spec)
+    return IteratorFeed(data.EpochSteps(batches, steps, spe), compiled)
+
 
 def _runner(model, jit_compile, steps_per_execution):
   """One Runner per model and configuration, kept on the model across calls."""
@@ -102,21 +133,52 @@ def _runner(model, jit_compile, steps_per_execution):
   return cached
 
 
-def _run_epoch(function, steps, on_begin, on_end, should_stop):
-  """Runs one epoch of executions; returns the last logs."""
-  logs = {}
-  iterator = steps.iterator()
-  for begin, end in steps.executions():
-    on_begin(begin)
-    try:
-      logs = function(iterator)
-    except tf.errors.OutOfRangeError:
-      steps.exhausted()
-      break
-    on_end(end, logs)
-    if should_stop():
-      break
-  return logs
+class IteratorFeed:
+  """Batches from a `tf.data` iterator, `steps_per_execution` per call."""
+
+  def __init__(self, steps, function):
+    self.steps = steps
+    self.function = function
+
+  @property
+  def num_batches(self):
+    return self.steps.num_batches
+
+  def run_epoch(self, on_begin, on_end, should_stop):
+    """Runs one epoch of executions with the batch hooks around each."""
+    iterator = self.steps.iterator()
+    for begin, end in self.steps.executions():
+      on_begin(begin)
+      try:
+        logs = self.function(iterator)
+      except tf.errors.OutOfRangeError:
+        self.steps.exhausted()
+        break
+      on_end(end, logs)
+      if should_stop():
+        break
+
+
+class FusedFeed:
+  """Device-resident arrays, `steps_per_execution` steps per fused call."""
+
+  def __init__(self, arrays, function, steps_per_execution):
+    self.arrays = arrays
+    self.function = function
+    self.steps_per_execution = steps_per_execution
+
+  @property
+  def num_batches(self):
+    return self.arrays.num_batches
+
+  def run_epoch(self, on_begin, on_end, should_stop):
+    order = self.arrays.epoch_order()
+    for begin in range(0, self.arrays.num_batches, self.steps_per_execution):
+      end = begin + self.steps_per_execution - 1
+      on_begin(begin)
+      on_end(end, self.function.run(self.arrays, order, begin, end))
+      if should_stop():
+        break
 
 
 def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
@@ -149,33 +211,29 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   runner = _runner(model, jit_compile, steps_per_execution)
   _check_data_against_model(model, x, y, class_weight)
 
-  batches = data.make_batches(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
-                              class_weight=class_weight)
-  _build(model, batches.element_spec)
-  steps = data.EpochSteps(batches, steps_per_epoch, runner.config.steps_per_execution)
-  train_function = runner.train_function(batches.element_spec)
-
+  train_feed = runner.feed(True, x, y, sample_weight, batch_size=batch_size,
+                           shuffle=shuffle, class_weight=class_weight, steps=steps_per_epoch)
   if not isinstance(callbacks, keras.callbacks.CallbackList):
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
-        epochs=epochs, steps=steps.num_batches, model=model)
-  val_batches = None
+        epochs=epochs, steps=train_feed.num_batches, model=model)
+  val_feed = None
   if validation_data is not None:
-    val_batches = data.make_batches(val_x, val_y, val_sw,
-                                    batch_size=validation_batch_size or batch_size)
+    val_feed = runner.feed(False, val_x, val_y, val_sw,
+                           batch_size=validation_batch_size or batch_size,
+                           steps=validation_steps)
 
   model.stop_training = False
   callbacks.on_train_begin()
   training_logs = None
-  logs = {}
   for epoch in range(initial_epoch, epochs):
     reset_metrics(model)
     callbacks.on_epoch_begin(epoch)
-    logs = _run_epoch(train_function, steps, callbacks.on_train_batch_begin,
-                      callbacks.on_train_batch_end, lambda: model.stop_training)
+    train_feed.run_epoch(callbacks.on_train_batch_begin, callbacks.on_train_batch_end,
+                         lambda: model.stop_training)
     epoch_logs = dict(results(model))
-    if val_batches is not None and _should_validate(epoch, validation_freq):
-      val_logs = _evaluate(runner, val_batches, validation_steps, callbacks)
+    if val_feed is not None and _should_validate(epoch, validation_freq):
+      val_logs = _evaluate(model, val_feed, callbacks)
       epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
     callbacks.on_epoch_end(epoch, epoch_logs)
     training_logs = epoch_logs
@@ -198,17 +256,13 @@ def _should_validate(epoch, validation_freq):
       f"`validation_freq` ({validation_freq!r}) must be an int or a list of epochs.")
 
 
-def _evaluate(runner, batches, steps, callbacks):
-  """Runs the test step over `batches` with the `on_test_*` hooks."""
-  model = runner.model
-  _build(model, batches.element_spec)
-  epoch = data.EpochSteps(batches, steps, runner.config.steps_per_execution)
-  test_function = runner.test_function(batches.element_spec)
+def _evaluate(model, feed, callbacks):
+  """Runs the test step over `feed` with the `on_test_*` hooks."""
   model.stop_evaluating = False
   callbacks.on_test_begin()
   reset_metrics(model)
-  _run_epoch(test_function, epoch, callbacks.on_test_batch_begin,
-             callbacks.on_test_batch_end, lambda: model.stop_evaluating)
+  feed.run_epoch(callbacks.on_test_batch_begin, callbacks.on_test_batch_end,
+                 lambda: model.stop_evaluating)
   logs = {k: float(v) for k, v in results(model).items()}
   callbacks.on_test_end(logs)
   return logs
@@ -232,12 +286,12 @@ def evaluate(model, x=None, y=None, batch_size=None, sample_weight=None, verbose
   checks.check_arrays(x, y, sample_weight, None)
   runner = _runner(model, jit_compile, steps_per_execution)
   _check_data_against_model(model, x, y, None)
-  batches = data.make_batches(x, y, sample_weight, batch_size=batch_size)
+  feed = runner.feed(False, x, y, sample_weight, batch_size=batch_size, steps=steps)
   if not isinstance(callbacks, keras.callbacks.CallbackList):
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1,
-        steps=steps or batches.num_batches, model=model)
-  logs = _evaluate(runner, batches, steps, callbacks)
+        steps=feed.num_batches, model=model)
+  logs = _evaluate(model, feed, callbacks)
   if return_dict:
     return logs
   return _in_metric_order(model, logs)
