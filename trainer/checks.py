@@ -279,22 +279,65 @@ def check_class_weight(class_weight, y, output_shapes):
 
 # -- the loss -------------------------------------------------------------------
 
-def may_add_losses(model):
-  """False only when nothing in `model` can put a term in `model.losses`.
+def _loss_sources(model):
+  """"yes", "no" or "maybe": can anything in `model` put a term in `model.losses`?
 
-  Regularizers (weight or activity) add terms; so may any layer running code
-  that is not Keras's own (a custom layer or model, a Lambda), since its
-  `call` may call `add_loss`: only tracing the step can tell, so those
-  models get the benefit of the doubt here.
+  Weight or activity regularizers always do ("yes"). A layer or model running
+  code that is not Keras's own (a custom class, a Lambda) may call `add_loss`
+  in `call` ("maybe": only a forward pass can tell). Keras's built-in layers
+  never do ("no").
   """
+  maybe = False
   for layer in model._flatten_layers(include_self=True):
     cls = type(layer)
     if not cls.__module__.startswith("keras.") or cls.__name__ in _USER_CODE_LAYERS:
-      return True
+      maybe = True
     for attribute, value in vars(layer).items():
       if attribute.endswith("regularizer") and value is not None:
-        return True
-  return any(getattr(v, "regularizer", None) is not None for v in model.weights)
+        return "yes"
+  if any(getattr(v, "regularizer", None) is not None for v in model.weights):
+    return "yes"
+  return "maybe" if maybe else "no"
+
+
+def _symbolic_loss_count(model, x):
+  """How many `add_loss` terms one training forward pass on x-like inputs adds.
+
+  The pass is symbolic: placeholders in a scratch graph, under a
+  `StatelessScope` that collects the losses and keeps every variable
+  assignment (BatchNormalization statistics, seed generators) out of the
+  variables. Returns None when the model cannot be called that way; the step
+  then finds out when it is traced.
+  """
+  if isinstance(x, tf.data.Dataset):
+    spec = x.element_spec
+    x_spec = spec[0] if isinstance(spec, tuple) else spec
+
+    def placeholder(s):
+      return tf.compat.v1.placeholder(shape=s.shape, dtype=s.dtype)
+
+    map_structure = tf.nest.map_structure
+  else:
+    x_spec = tree.lists_to_tuples(x)
+
+    def placeholder(a):
+      a = a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a)
+      dtype = tf.as_dtype(a.dtype)
+      dtype = tf.as_dtype(keras.config.floatx()) if dtype.is_floating else dtype
+      return tf.compat.v1.placeholder(shape=(None,) + tuple(a.shape[1:]), dtype=dtype)
+
+    map_structure = tree.map_structure
+  try:
+    with keras.StatelessScope(collect_losses=True) as scope, keras.SymbolicScope():
+      with tf.__internal__.FuncGraph("tapefit_loss_probe").as_default():
+        inputs = map_structure(placeholder, x_spec)
+        if getattr(model, "_call_has_training_arg", True):
+          model(inputs, training=True)
+        else:
+          model(inputs)
+        return len(scope.losses)
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def _has_targets(x, y):
@@ -307,28 +350,37 @@ def _has_targets(x, y):
 def check_has_loss(model, x, y, argument="y"):
   """Fails when the step would have no loss term at all.
 
-  The step raises the same error when it is traced (a custom layer may turn
-  out not to call `add_loss`); this finds the sure cases before anything runs.
+  Without a compiled loss (or without targets for it) the loss must come from
+  regularizers or `add_loss`. Custom layers are asked with one symbolic
+  forward pass. The step keeps raising the same error when it is traced, for
+  a model that cannot be called symbolically here.
   """
   compiled = model._compile_loss is not None
-  has_targets = _has_targets(x, y)
-  if (compiled and has_targets) or may_add_losses(model):
+  if compiled and _has_targets(x, y):
     return
+  sources = _loss_sources(model)
+  if sources == "yes":
+    return
+  if sources == "maybe":
+    count = _symbolic_loss_count(model, x)
+    if count is None or count > 0:
+      return
+  nothing_else = ("nothing in the model adds a loss (no regularizers, no `add_loss` "
+                  "in a training forward pass)")
   if not compiled:
     raise ValueError(
         f"No loss to compute for model {model.name!r}: `loss` (None) was not given to "
-        "`model.compile`, and the model has no regularizers or layers that call "
-        "`add_loss`; expected `model.compile(optimizer=..., loss=...)`.")
+        f"`model.compile`, and {nothing_else}; expected "
+        "`model.compile(optimizer=..., loss=...)`.")
   if argument != "y":
     raise ValueError(
         f"`{argument}` has no `y` (targets), so the compiled loss cannot be computed "
-        "on it; expected (x, y) or (x, y, sample_weight).")
+        f"on it, and {nothing_else}; expected (x, y) or (x, y, sample_weight).")
   received = "a dataset whose batches hold only x" if isinstance(
       x, tf.data.Dataset) else "None"
   raise ValueError(
       f"`y` ({received}) gives no targets, so the compiled loss cannot be computed, "
-      "and the model has no regularizers or `add_loss` layers; expected targets `y` "
-      "(or a dataset of (x, y) batches).")
+      f"and {nothing_else}; expected targets `y` (or a dataset of (x, y) batches).")
 
 
 # -- validation data ------------------------------------------------------------

@@ -94,15 +94,21 @@ class FusedArraySteps:
   arrays are arguments, not captures, so a second `fit` on data of the same
   shapes reuses the traces.
 
+  Inside the loop the step's logs are dropped, and `logs_fn` reads the
+  metric results once after the last step: the same values, without
+  computing every metric's total/count division on every step.
+
   Args:
     step: a callable taking one batch and returning a dict of logs.
     element_spec: the batch signature (`DeviceArrays.element_spec`).
+    logs_fn: returns the logs after the last step (the model's metric results).
     jit_compile: compile the fused loops with XLA.
     run_eagerly: no `tf.function` at all (for debugging).
   """
 
-  def __init__(self, step, *, element_spec, jit_compile=False, run_eagerly=False):
+  def __init__(self, step, *, element_spec, logs_fn, jit_compile=False, run_eagerly=False):
     self.trace_count = 0
+    self.logs_fn = logs_fn
 
     def traced_step(batch):
       self.trace_count += 1  # Python side effect: runs once per trace.
@@ -121,18 +127,17 @@ class FusedArraySteps:
 
   def _full_steps(self, data, order, first, count, batch_size):
     """Steps first .. first+count-1, all full batches; returns the last logs."""
-    logs = self.one_step(gather_batch(data, order, first, batch_size, batch_size))
 
-    def body(i, logs):
-      del logs
-      return i + 1, self.one_step(gather_batch(data, order, first + i, batch_size,
-                                               batch_size))
+    def body(i):
+      self.one_step(gather_batch(data, order, first + i, batch_size, batch_size))
+      return i + 1
 
-    _, logs = tf.while_loop(lambda i, logs: i < count, body, (tf.constant(1), logs))
-    return logs
+    tf.while_loop(lambda i: i < count, body, (tf.constant(0),))
+    return self.logs_fn()
 
   def _last_step(self, data, order, index, batch_size, size):
-    return self.one_step(gather_batch(data, order, index, batch_size, size))
+    self.one_step(gather_batch(data, order, index, batch_size, size))
+    return self.logs_fn()
 
   def run(self, arrays, order, begin, end):
     """Runs steps begin..end (clipped to the epoch) and returns the last logs."""

@@ -95,7 +95,7 @@ class Runner:
     if key not in cache:
       cache[key] = FusedArraySteps(
           self.train_step if training else self.test_step, element_spec=element_spec,
-          jit_compile=self.config.jit_compile, run_eagerly=self.config.run_eagerly)
+          logs_fn=lambda: results(self.model), jit_compile=self.config.jit_compile, run_eagerly=self.config.run_eagerly)
     return cache[key]
 
   def feed(self, training, x, y=None, sample_weight=None, *, batch_size, shuffle=False,
@@ -198,18 +198,21 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   validation_batch_size = extra.pop("validation_batch_size", None)
   checks.check_keywords("trainer.fit", extra, checks.FIT_KEYWORDS)
   checks.check_model(model)
+  checks.check_step_options(model, jit_compile, steps_per_execution)
   batch_size = 32 if batch_size is None else batch_size
   checks.check_positive_int("batch_size", batch_size)
   checks.check_positive_int("epochs", epochs)
   checks.check_non_negative_int("initial_epoch", initial_epoch)
   checks.check_positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
+  checks.check_positive_int("validation_steps", validation_steps, allow_none=True)
+  checks.check_positive_int("validation_batch_size", validation_batch_size, allow_none=True)
+  checks.check_validation_freq(validation_freq)
+  checks.check_shuffle(shuffle)
   checks.check_arrays(x, y, sample_weight, class_weight)
-  if validation_data is not None:
-    val_x, val_y, val_sw = structure.unpack_batch(
-        validation_data if isinstance(validation_data, tuple) else (validation_data,))
-    checks.check_arrays(val_x, val_y, val_sw, None)
   runner = _runner(model, jit_compile, steps_per_execution)
   _check_data_against_model(model, x, y, class_weight)
+  checks.check_has_loss(model, x, y)
+  val_x, val_y, val_sw = checks.check_validation_data(model, validation_data)
 
   train_feed = runner.feed(True, x, y, sample_weight, batch_size=batch_size,
                            shuffle=shuffle, class_weight=class_weight, steps=steps_per_epoch)
@@ -280,12 +283,14 @@ def evaluate(model, x=None, y=None, batch_size=None, sample_weight=None, verbose
   steps_per_execution = extra.pop("steps_per_execution", None)
   checks.check_keywords("trainer.evaluate", extra, checks.EVALUATE_KEYWORDS)
   checks.check_model(model)
+  checks.check_step_options(model, jit_compile, steps_per_execution)
   batch_size = 32 if batch_size is None else batch_size
   checks.check_positive_int("batch_size", batch_size)
   checks.check_positive_int("steps", steps, allow_none=True)
   checks.check_arrays(x, y, sample_weight, None)
   runner = _runner(model, jit_compile, steps_per_execution)
   _check_data_against_model(model, x, y, None)
+  checks.check_has_loss(model, x, y)
   feed = runner.feed(False, x, y, sample_weight, batch_size=batch_size, steps=steps)
   if not isinstance(callbacks, keras.callbacks.CallbackList):
     callbacks = keras.callbacks.CallbackList(
