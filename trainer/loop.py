@@ -14,46 +14,19 @@ and the callback sequence are those of `Model.fit` / `Model.evaluate`:
     EMA copied into the weights; on_train_end
 """
 
-import keras
 import tensorflow as tf
 from keras import tree
 
 from trainer import checks, data, structure
-from trainer.config import StepConfig
 from trainer.functions import CompiledStep, FusedArraySteps
-from trainer.step import TestStep, TrainStep, reset_metrics, results
+from trainer.semantics import semantics_for
 
 
-def _build(model, element_spec):
-  """Creates every variable before tracing: model, compiled loss/metrics, optimizer.
-
-  `Model.fit` builds them symbolically (no data consumed, no RNG drawn);
-  doing it up front keeps variable creation out of the compiled step.
-  """
-  needs_build = (
-      not all(layer.built for layer in model._flatten_layers())
-      or (model._compile_loss is not None and not model._compile_loss.built)
-      or (model._compile_metrics is not None and not model._compile_metrics.built)
-      or (model.optimizer is not None and not model.optimizer.built))
-  if needs_build:
-    batch = tree.map_structure(lambda spec: spec, element_spec)
-    model._symbolic_build(data_batch=batch)
-
-
-def _output_shapes(model, x):
-  """Per-output shapes of `model` on inputs shaped like `x`, without running it."""
-  def spec(a):
-    return keras.KerasTensor((None,) + tuple(a.shape[1:]), dtype=str(a.dtype))
-
-  outputs = model.compute_output_spec(tree.map_structure(spec, tree.lists_to_tuples(x)))
-  return [tuple(o.shape) for o in tree.flatten(outputs)]
-
-
-def _check_data_against_model(model, x, y, class_weight):
+def _check_data_against_model(semantics, model, x, y, class_weight):
   if isinstance(x, tf.data.Dataset) or x is None:
     return
   try:
-    shapes = _output_shapes(model, x)
+    shapes = semantics.output_shapes(model, x)
   except Exception as error:  # pylint: disable=broad-except
     raise ValueError(
         f"`x` (shapes {[tuple(a.shape) for a in tree.flatten(x)]}) does not fit the "
@@ -66,11 +39,12 @@ def _check_data_against_model(model, x, y, class_weight):
 class Runner:
   """The compiled train and test functions of one model, built once and cached."""
 
-  def __init__(self, model, config):
+  def __init__(self, model, semantics, config):
     self.model = model
+    self.semantics = semantics
     self.config = config
-    self.train_step = TrainStep(model, config)
-    self.test_step = TestStep(model)
+    self.train_step = semantics.TrainStep(model, config)
+    self.test_step = semantics.TestStep(model)
     self._train = {}
     self._test = {}
 
@@ -95,7 +69,8 @@ class Runner:
     if key not in cache:
       cache[key] = FusedArraySteps(
           self.train_step if training else self.test_step, element_spec=element_spec,
-          logs_fn=lambda: results(self.model), jit_compile=self.config.jit_compile, run_eagerly=self.config.run_eagerly)
+          logs_fn=lambda: self.semantics.results(self.model),
+          jit_compile=self.config.jit_compile, run_eagerly=self.config.run_eagerly)
     return cache[key]
 
   def feed(self, training, x, y=None, sample_weight=None, *, batch_size, shuffle=False,
@@ -111,11 +86,11 @@ class Runner:
     if not isinstance(x, tf.data.Dataset) and steps is None and shuffle != "batch":
       arrays = data.DeviceArrays(x, y, sample_weight, batch_size=batch_size,
                                  shuffle=shuffle, class_weight=class_weight)
-      _build(self.model, arrays.element_spec)
+      self.semantics.build(self.model, arrays.element_spec)
       return FusedFeed(arrays, self.fused_function(training, arrays.element_spec), spe)
     batches = data.make_batches(x, y, sample_weight, batch_size=batch_size,
                                 shuffle=shuffle, class_weight=class_weight)
-    _build(self.model, batches.element_spec)
+    self.semantics.build(self.model, batches.element_spec)
     compiled = (self.train_function if training else self.test_function)(
         batches.element_spec)
     return IteratorFeed(data.EpochSteps(batches, steps, spe), compiled)
@@ -123,12 +98,13 @@ class Runner:
 
 def _runner(model, jit_compile, steps_per_execution):
   """One Runner per model and configuration, kept on the model across calls."""
-  config = StepConfig.from_model(model, jit_compile=jit_compile,
-                                 steps_per_execution=steps_per_execution)
+  semantics = semantics_for(model)
+  config = semantics.config(model, jit_compile=jit_compile,
+                            steps_per_execution=steps_per_execution)
   cached = getattr(model, "_tapefit_runner", None)
-  if cached is None or cached.config != config or cached.model.optimizer is not (
-      cached.train_step.loss_scaler or cached.train_step.optimizer):
-    cached = Runner(model, config)
+  if cached is None or cached.config != config or (
+      cached.train_step.model_optimizer is not model.optimizer):
+    cached = Runner(model, semantics, config)
     model._tapefit_runner = cached
   return cached
 
@@ -210,14 +186,14 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   checks.check_shuffle(shuffle)
   checks.check_arrays(x, y, sample_weight, class_weight)
   runner = _runner(model, jit_compile, steps_per_execution)
-  _check_data_against_model(model, x, y, class_weight)
+  _check_data_against_model(runner.semantics, model, x, y, class_weight)
   checks.check_has_loss(model, x, y)
   val_x, val_y, val_sw = checks.check_validation_data(model, validation_data)
 
   train_feed = runner.feed(True, x, y, sample_weight, batch_size=batch_size,
                            shuffle=shuffle, class_weight=class_weight, steps=steps_per_epoch)
-  if not isinstance(callbacks, keras.callbacks.CallbackList):
-    callbacks = keras.callbacks.CallbackList(
+  if not isinstance(callbacks, runner.semantics.callbacks.CallbackList):
+    callbacks = runner.semantics.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
         epochs=epochs, steps=train_feed.num_batches, model=model)
   val_feed = None
@@ -230,13 +206,13 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   callbacks.on_train_begin()
   training_logs = None
   for epoch in range(initial_epoch, epochs):
-    reset_metrics(model)
+    runner.semantics.reset_metrics(model)
     callbacks.on_epoch_begin(epoch)
     train_feed.run_epoch(callbacks.on_train_batch_begin, callbacks.on_train_batch_end,
                          lambda: model.stop_training)
-    epoch_logs = dict(results(model))
+    epoch_logs = dict(runner.semantics.results(model))
     if val_feed is not None and _should_validate(epoch, validation_freq):
-      val_logs = _evaluate(model, val_feed, callbacks)
+      val_logs = _evaluate(runner, val_feed, callbacks)
       epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
     callbacks.on_epoch_end(epoch, epoch_logs)
     training_logs = epoch_logs
@@ -259,14 +235,15 @@ def _should_validate(epoch, validation_freq):
       f"`validation_freq` ({validation_freq!r}) must be an int or a list of epochs.")
 
 
-def _evaluate(model, feed, callbacks):
+def _evaluate(runner, feed, callbacks):
   """Runs the test step over `feed` with the `on_test_*` hooks."""
+  model = runner.model
   model.stop_evaluating = False
   callbacks.on_test_begin()
-  reset_metrics(model)
+  runner.semantics.reset_metrics(model)
   feed.run_epoch(callbacks.on_test_batch_begin, callbacks.on_test_batch_end,
                  lambda: model.stop_evaluating)
-  logs = {k: float(v) for k, v in results(model).items()}
+  logs = {k: float(v) for k, v in runner.semantics.results(model).items()}
   callbacks.on_test_end(logs)
   return logs
 
@@ -289,27 +266,21 @@ def evaluate(model, x=None, y=None, batch_size=None, sample_weight=None, verbose
   checks.check_positive_int("steps", steps, allow_none=True)
   checks.check_arrays(x, y, sample_weight, None)
   runner = _runner(model, jit_compile, steps_per_execution)
-  _check_data_against_model(model, x, y, None)
+  _check_data_against_model(runner.semantics, model, x, y, None)
   checks.check_has_loss(model, x, y)
   feed = runner.feed(False, x, y, sample_weight, batch_size=batch_size, steps=steps)
-  if not isinstance(callbacks, keras.callbacks.CallbackList):
-    callbacks = keras.callbacks.CallbackList(
+  if not isinstance(callbacks, runner.semantics.callbacks.CallbackList):
+    callbacks = runner.semantics.callbacks.CallbackList(
         callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1,
         steps=feed.num_batches, model=model)
-  logs = _evaluate(model, feed, callbacks)
+  logs = _evaluate(runner, feed, callbacks)
   if return_dict:
     return logs
-  return _in_metric_order(model, logs)
+  return _in_metric_order(runner.semantics, model, logs)
 
 
-def _in_metric_order(model, logs):
-  names = []
-  for metric in model.metrics:
-    sub = getattr(metric, "metrics", None)
-    if isinstance(metric, type(model._compile_metrics)) and sub is not None:
-      names += [m.name for m in sub]
-    else:
-      names.append(metric.name)
+def _in_metric_order(semantics, model, logs):
+  names = semantics.metric_names(model)
   values = [logs[n] for n in names if n in logs]
   values += [logs[k] for k in sorted(logs) if k not in names]
   return values[0] if len(values) == 1 else values

@@ -275,6 +275,7 @@ class TrainStep(_Stages):
   def __init__(self, model, config=None):
     super().__init__(model)
     self.config = config or StepConfig.from_model(model)
+    self.model_optimizer = model.optimizer
     self.loss_scaler, self.optimizer = unwrap_optimizer(model.optimizer)
     if self.optimizer is None:
       raise ValueError(
