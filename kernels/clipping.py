@@ -9,10 +9,11 @@ optimizer (`keras/src/optimizers/base_optimizer.py` `_clip_gradients`,
 bit-identical to one clipped by `Model.fit`.
 
 NaN / Inf policy (the same as Keras; tested in tests/test_kernels_clipping.py):
-  * `clip_by_norm`: a variable whose gradient holds NaN or Inf gets a NaN
-    norm; every element of that gradient becomes NaN (or stays NaN). Other
-    variables are unaffected. An all-zero gradient stays zero (the norm is 0
-    and no 0/0 is formed).
+  * `clip_by_norm`: a variable whose gradient holds a NaN gets a NaN norm and
+    every element of that gradient becomes NaN. One holding +-Inf (and no
+    NaN) gets an infinite norm: its +-Inf elements become NaN (Inf/Inf) and
+    its finite elements become +-0. Other variables are unaffected. An
+    all-zero gradient stays zero (the norm is 0 and no 0/0 is formed).
   * `clip_by_value`: Inf is clipped to the bound like any large number; NaN
     stays NaN.
   * `clip_by_global_norm`: if any gradient holds NaN or Inf, the global norm
@@ -27,7 +28,9 @@ import tensorflow as tf
 def clip_by_norm(grad, clip_norm):
   """Rescales one gradient so that its L2 norm is at most `clip_norm`.
 
-  g * c / max(||g||, c). The norm of a zero gradient is taken as 0 without
+  (g * c) / max(||g||, c). Below the threshold this is the identity up to
+  rounding: (g*c)/c is exact only when c is a power of two, else an element
+  can move by one ulp (as in Keras). The norm of a zero gradient is taken as 0 without
   evaluating sqrt(0)'s derivative path (the two-`where` trick).
   """
   if grad is None:

@@ -89,11 +89,14 @@ def reduce_weighted_loss(values, sample_weight=None, mask=None,
     num_replicas: replicas in sync; mean-style reductions are scaled by 1/R.
 
   Returns:
-    The reduced loss. A scalar `values` is returned unweighted and unscaled,
-    exactly as Keras does for a loss function that reduces by itself.
+    The reduced loss. A scalar `values` (a loss function that reduces by
+    itself) is weighted (a weight vector broadcasts, then the result is
+    summed and divided like any other) but, when it arrives as a scalar, it
+    is returned without the 1/R factor, exactly as Keras does. A `(0,)` loss
+    is returned as the empty tensor itself.
 
   NaN/Inf: no special handling; a non-finite value propagates into the sum.
-  A zero divisor (empty batch, all weights zero with
+  A zero divisor (an empty `(0, k)` batch, all weights zero with
   `"mean_with_sample_weight"`) gives 0, not NaN (`divide_no_nan`).
   """
   if reduction not in REDUCTIONS:

@@ -19,20 +19,42 @@ NaN / Inf: `all_finite` is the policy; one NaN or Inf anywhere skips the step.
 import tensorflow as tf
 
 
+def _promote(a, b):
+  """Casts a and b to their common float dtype (half precision widens), as Keras ops do."""
+  a, b = tf.convert_to_tensor(a), tf.convert_to_tensor(b, dtype_hint=tf.float32)
+  if a.dtype != b.dtype:
+    wide = a.dtype if a.dtype.size > b.dtype.size else b.dtype
+    a, b = tf.cast(a, wide), tf.cast(b, wide)
+  return a, b
+
+
 def scale_loss(loss, scale):
-  """loss * scale (scale is a float32 scalar)."""
+  """loss * scale; a float16/bfloat16 loss is widened to the scale's float32."""
+  loss, scale = _promote(loss, scale)
   return loss * scale
 
 
 def unscale_gradients(grads, scale):
-  """g / scale for each gradient; `None` entries pass through."""
-  return [None if g is None else g / scale for g in grads]
+  """g / scale for each gradient (half precision widened); `None` passes through."""
+  out = []
+  for g in grads:
+    if g is None:
+      out.append(None)
+    else:
+      g, s = _promote(g, scale)
+      out.append(g / s)
+  return out
 
 
 def all_finite(grads):
-  """A boolean scalar: True when every element of every gradient is finite."""
+  """A boolean scalar: True when every element of every gradient is finite.
+
+  With no gradients at all (every entry None) the answer is True.
+  """
   checks = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
-  return tf.reduce_all(tf.convert_to_tensor(checks))
+  if not checks:
+    return tf.constant(True)
+  return tf.reduce_all(tf.stack(checks))
 
 
 def next_loss_scale(scale, good_steps, finite, growth_steps):

@@ -124,45 +124,59 @@ def reduction_rtol(n_elements):
   return (2 * n_elements + 10) * EPS32
 
 
-@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("seed", SEEDS)
-def test_reduce_weighted_loss_vs_numpy(seed, layout, reduction, with_mask):
+# The conftest's per-test `clear_session()` costs ~0.08 s, so seeds and masks
+# are looped inside a test rather than parametrized; `err_msg` names the case.
+
+
+def _cases(layout):
+  """All reductions x seeds x (no mask, mask) for one layout."""
   vshape, wshape = LAYOUTS[layout]
-  values, sw, mask = make_inputs(seed, vshape, wshape, with_mask)
-  got = K.reduce_weighted_loss(tf.constant(values), tf_or_none(sw),
-                               tf_or_none(mask), reduction).numpy()
-  want = np_reduce(values, sw, mask, reduction)
-  assert got.shape == np.shape(want)
-  if reduction == "none":
-    # Each element is v * (sw * (N/valid)): at most three roundings.
-    np.testing.assert_allclose(got, want, rtol=4 * EPS32, atol=0)
-  else:
-    np.testing.assert_allclose(got, want, rtol=reduction_rtol(values.size),
-                               atol=0)
+  for reduction in REDUCTIONS:
+    for seed in SEEDS:
+      for with_mask in (False, True):
+        yield (f"{reduction} seed={seed} mask={with_mask}", reduction,
+               make_inputs(seed, vshape, wshape, with_mask))
 
 
-@pytest.mark.parametrize("num_replicas", [1, 2, 3, 7])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_reduce_weighted_loss_replicas_vs_numpy(num_replicas, reduction):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_reduce_weighted_loss_vs_numpy(layout):
+  for name, reduction, (values, sw, mask) in _cases(layout):
+    got = K.reduce_weighted_loss(tf.constant(values), tf_or_none(sw),
+                                 tf_or_none(mask), reduction).numpy()
+    want = np_reduce(values, sw, mask, reduction)
+    assert got.shape == np.shape(want), name
+    if reduction == "none":
+      # Each element is v * (sw * (N/valid)): at most three roundings.
+      np.testing.assert_allclose(got, want, rtol=4 * EPS32, atol=0,
+                                 err_msg=name)
+    else:
+      np.testing.assert_allclose(got, want, rtol=reduction_rtol(values.size),
+                                 atol=0, err_msg=name)
+
+
+def test_reduce_weighted_loss_replicas_vs_numpy():
   values, sw, mask = make_inputs(5, (6, 4), (6, 1), True)
-  got = K.reduce_weighted_loss(tf.constant(values), tf.constant(sw),
-                               tf.constant(mask), reduction,
-                               num_replicas=num_replicas).numpy()
-  want = np_reduce(values, sw, mask, reduction, num_replicas)
-  rtol = 4 * EPS32 if reduction == "none" else reduction_rtol(values.size)
-  np.testing.assert_allclose(got, want, rtol=rtol, atol=0)
+  for num_replicas in (1, 2, 3, 7):
+    for reduction in REDUCTIONS:
+      got = K.reduce_weighted_loss(tf.constant(values), tf.constant(sw),
+                                   tf.constant(mask), reduction,
+                                   num_replicas=num_replicas).numpy()
+      want = np_reduce(values, sw, mask, reduction, num_replicas)
+      rtol = 4 * EPS32 if reduction == "none" else reduction_rtol(values.size)
+      np.testing.assert_allclose(got, want, rtol=rtol, atol=0,
+                                 err_msg=f"{reduction} R={num_replicas}")
 
 
-@pytest.mark.parametrize("num_replicas", [2, 3, 7, 8])
-def test_replica_scale_vs_numpy(num_replicas):
-  x = np.random.default_rng(num_replicas).uniform(0.1, 5.0, ()).astype(np.float32)
-  got = K.replica_scale(tf.constant(x), num_replicas).numpy()
-  # x * fl32(1/R): two roundings at most.
-  np.testing.assert_allclose(got, np.float64(x) / num_replicas, rtol=2 * EPS32)
-  # and exactly the float32 product Keras forms: x * cast(1.0 / R, float32)
-  assert got == np.float32(x) * np.float32(1.0 / num_replicas)
+def test_replica_scale_vs_numpy():
+  for num_replicas in (2, 3, 7, 8, 12):
+    x = np.random.default_rng(num_replicas).uniform(0.1, 5.0, ()).astype(
+        np.float32)
+    got = K.replica_scale(tf.constant(x), num_replicas).numpy()
+    # x * fl32(1/R): two roundings at most.
+    np.testing.assert_allclose(got, np.float64(x) / num_replicas,
+                               rtol=2 * EPS32)
+    # and exactly the float32 product Keras forms: x * cast(1.0 / R, float32)
+    assert got == np.float32(x) * np.float32(1.0 / num_replicas)
 
 
 def test_replica_scale_single_replica_adds_no_op():
@@ -170,36 +184,40 @@ def test_replica_scale_single_replica_adds_no_op():
   assert K.replica_scale(x, 1) is x
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("n_terms", [1, 2, 3, 5])
-def test_sum_loss_terms_vs_numpy(seed, n_terms):
-  rng = np.random.default_rng(seed)
-  terms = rng.uniform(0.0, 3.0, n_terms).astype(np.float32)
-  got = K.sum_loss_terms([tf.constant(t) for t in terms]).numpy()
-  # sum of k non-negative float32 terms: at most (k-1) roundings.
-  np.testing.assert_allclose(got, terms.astype(np.float64).sum(),
-                             rtol=max(n_terms - 1, 0) * EPS32, atol=0)
+def test_sum_loss_terms_vs_numpy():
+  for seed in SEEDS:
+    for n_terms in (1, 2, 3, 5):
+      rng = np.random.default_rng(seed)
+      terms = rng.uniform(0.0, 3.0, n_terms).astype(np.float32)
+      got = K.sum_loss_terms([tf.constant(t) for t in terms]).numpy()
+      # sum of k non-negative float32 terms: at most (k-1) roundings.
+      np.testing.assert_allclose(got, terms.astype(np.float64).sum(),
+                                 rtol=(n_terms - 1) * EPS32, atol=0)
 
 
-@pytest.mark.parametrize(
-    "vshape,wshape,expand",
-    [((5, 1), (5,), True), ((5, 1), (5,), False), ((5,), (5, 1), True),
-     ((5,), (5, 1), False), ((2, 3, 1), (2, 3), True), ((2, 3), (2, 3, 1), True),
-     ((4, 3), (4,), True), ((4, 3), (4, 3), True), ((3,), (), True)])
-def test_match_ranks_vs_numpy_and_keras(vshape, wshape, expand):
+MATCH_CASES = [((5, 1), (5,), True), ((5, 1), (5,), False), ((5,), (5, 1), True),
+               ((5,), (5, 1), False), ((2, 3, 1), (2, 3), True),
+               ((2, 3), (2, 3, 1), True), ((4, 3), (4,), True),
+               ((4, 3), (4, 3), True), ((3,), (), True)]
+
+
+def test_match_ranks_vs_numpy_and_keras():
   rng = np.random.default_rng(0)
-  v = rng.standard_normal(vshape).astype(np.float32)
-  w = rng.standard_normal(wshape).astype(np.float32)
-  got_v, got_w = K.match_ranks(tf.constant(v), tf.constant(w), expand)
-  if expand:
-    want_v, want_w = np_match_ranks(v, w)
-    np.testing.assert_array_equal(got_v.numpy(), want_v)
-    np.testing.assert_array_equal(got_w.numpy(), want_w)
-  kv, kw = keras_loss.squeeze_or_expand_to_same_rank(
-      tf.constant(v), tf.constant(w), expand_rank_1=expand)
-  assert got_v.shape == kv.shape and got_w.shape == kw.shape
-  np.testing.assert_array_equal(got_v.numpy(), kv.numpy())
-  np.testing.assert_array_equal(got_w.numpy(), kw.numpy())
+  for vshape, wshape, expand in MATCH_CASES:
+    name = f"{vshape} {wshape} expand={expand}"
+    v = rng.standard_normal(vshape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    got_v, got_w = K.match_ranks(tf.constant(v), tf.constant(w), expand)
+    if expand:
+      want_v, want_w = np_match_ranks(v, w)
+      assert got_v.shape == want_v.shape and got_w.shape == want_w.shape, name
+      np.testing.assert_array_equal(got_v.numpy(), want_v, err_msg=name)
+      np.testing.assert_array_equal(got_w.numpy(), want_w, err_msg=name)
+    kv, kw = keras_loss.squeeze_or_expand_to_same_rank(
+        tf.constant(v), tf.constant(w), expand_rank_1=expand)
+    assert got_v.shape == kv.shape and got_w.shape == kw.shape, name
+    np.testing.assert_array_equal(got_v.numpy(), kv.numpy(), err_msg=name)
+    np.testing.assert_array_equal(got_w.numpy(), kw.numpy(), err_msg=name)
 
 
 # ----------------------------------------------------------------------------
@@ -207,35 +225,31 @@ def test_match_ranks_vs_numpy_and_keras(vshape, wshape, expand):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("seed", SEEDS)
-def test_reduce_weighted_loss_bitwise_vs_keras(seed, layout, reduction,
-                                              with_mask):
-  vshape, wshape = LAYOUTS[layout]
-  values, sw, mask = make_inputs(seed, vshape, wshape, with_mask)
-  got = K.reduce_weighted_loss(tf.constant(values), tf_or_none(sw),
-                               tf_or_none(mask), reduction)
-  want = keras_loss.reduce_weighted_values(
-      tf.constant(values), sample_weight=tf_or_none(sw), mask=tf_or_none(mask),
-      reduction=reduction, dtype="float32")
-  assert got.dtype == want.dtype and got.shape == want.shape
-  np.testing.assert_array_equal(got.numpy(), want.numpy())
+def test_reduce_weighted_loss_bitwise_vs_keras(layout):
+  for name, reduction, (values, sw, mask) in _cases(layout):
+    got = K.reduce_weighted_loss(tf.constant(values), tf_or_none(sw),
+                                 tf_or_none(mask), reduction)
+    want = keras_loss.reduce_weighted_values(
+        tf.constant(values), sample_weight=tf_or_none(sw),
+        mask=tf_or_none(mask), reduction=reduction, dtype="float32")
+    assert got.dtype == want.dtype and got.shape == want.shape, name
+    np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=name)
 
 
-@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean", "sum"])
-@pytest.mark.parametrize("with_sw", [False, True], ids=["nosw", "sw"])
-def test_mask_to_weights_bitwise_vs_keras(reduction, with_sw):
+def test_mask_to_weights_bitwise_vs_keras():
   rng = np.random.default_rng(3)
   mask = rng.random((4, 6)) < 0.5
   mask[0, 0] = True
-  sw = rng.uniform(0, 2, (4, 1)).astype(np.float32) if with_sw else None
-  got = K.mask_to_weights(tf_or_none(sw), tf.constant(mask), tf.float32,
-                          reduction)
-  want = keras_loss.apply_mask(tf_or_none(sw), tf.constant(mask), "float32",
-                               reduction)
-  np.testing.assert_array_equal(got.numpy(), want.numpy())
+  for reduction in REDUCTIONS:
+    for sw in (None, rng.uniform(0, 2, (4, 1)).astype(np.float32),
+               rng.uniform(0, 2, (4, 6)).astype(np.float32)):
+      got = K.mask_to_weights(tf_or_none(sw), tf.constant(mask), tf.float32,
+                              reduction)
+      want = keras_loss.apply_mask(tf_or_none(sw), tf.constant(mask), "float32",
+                                   reduction)
+      np.testing.assert_array_equal(got.numpy(), want.numpy(),
+                                    err_msg=f"{reduction} sw={sw is not None}")
 
 
 def test_mask_to_weights_without_mask_returns_weights_unchanged():
@@ -249,23 +263,25 @@ class _FakeStrategy:
     self.num_replicas_in_sync = n
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("num_replicas", [2, 3, 7])
-def test_reduce_weighted_loss_replicas_bitwise_vs_keras(num_replicas, reduction,
-                                                       monkeypatch):
+def test_reduce_weighted_loss_replicas_bitwise_vs_keras(monkeypatch):
   # Keras reads R from tf.distribute.get_strategy() inside
   # scale_loss_for_distribution; a stand-in strategy avoids a real multi-
   # device setup.
   values, sw, mask = make_inputs(11, (5, 3), (5, 1), True)
-  got = K.reduce_weighted_loss(tf.constant(values), tf.constant(sw),
-                               tf.constant(mask), reduction,
-                               num_replicas=num_replicas)
-  monkeypatch.setattr(tf.distribute, "get_strategy",
-                      lambda: _FakeStrategy(num_replicas))
-  want = keras_loss.reduce_weighted_values(
-      tf.constant(values), sample_weight=tf.constant(sw),
-      mask=tf.constant(mask), reduction=reduction, dtype="float32")
-  np.testing.assert_array_equal(got.numpy(), want.numpy())
+  for num_replicas in (2, 3, 7):
+    got = {r: K.reduce_weighted_loss(tf.constant(values), tf.constant(sw),
+                                     tf.constant(mask), r,
+                                     num_replicas=num_replicas)
+           for r in REDUCTIONS}
+    with monkeypatch.context() as patch:
+      patch.setattr(tf.distribute, "get_strategy",
+                    lambda: _FakeStrategy(num_replicas))
+      for reduction in REDUCTIONS:
+        want = keras_loss.reduce_weighted_values(
+            tf.constant(values), sample_weight=tf.constant(sw),
+            mask=tf.constant(mask), reduction=reduction, dtype="float32")
+        np.testing.assert_array_equal(got[reduction].numpy(), want.numpy(),
+                                      err_msg=f"{reduction} R={num_replicas}")
 
 
 def _regression_data(rng, shape):
@@ -303,31 +319,33 @@ LOSS_CASES = {
 }
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("case", list(LOSS_CASES))
-@pytest.mark.parametrize("seed", [0, 1])
-def test_real_keras_loss_bitwise(seed, case, reduction):
+def test_real_keras_loss_bitwise(case):
   """keras.losses.X(reduction)(y, y_hat, sw) == kernel(loss.call(y, y_hat))."""
   loss_cls, make_data, yshape, wshape, with_mask = LOSS_CASES[case]
-  rng = np.random.default_rng(seed)
-  y_true, y_pred = make_data(rng, yshape)
-  sw = None if wshape is None else rng.uniform(0, 2, wshape).astype(np.float32)
-  mask = None
-  if with_mask:
-    mask = rng.random(yshape[:-1]) < 0.6
-    mask.flat[0] = True
-  loss_obj = loss_cls(reduction=reduction)
+  for seed in (0, 1):
+    rng = np.random.default_rng(seed)
+    y_true, y_pred = make_data(rng, yshape)
+    sw = None if wshape is None else rng.uniform(0, 2, wshape).astype(
+        np.float32)
+    mask = None
+    if with_mask:
+      mask = rng.random(yshape[:-1]) < 0.6
+      mask.flat[0] = True
+    for reduction in REDUCTIONS:
+      name = f"seed={seed} {reduction}"
+      loss_obj = loss_cls(reduction=reduction)
+      y_pred_keras = tf.constant(y_pred)
+      if mask is not None:
+        set_keras_mask(y_pred_keras, tf.constant(mask))
+      want = loss_obj(tf.constant(y_true), y_pred_keras,
+                      sample_weight=tf_or_none(sw))
 
-  y_pred_keras = tf.constant(y_pred)
-  if mask is not None:
-    set_keras_mask(y_pred_keras, tf.constant(mask))
-  want = loss_obj(tf.constant(y_true), y_pred_keras, sample_weight=tf_or_none(sw))
-
-  per_sample = loss_obj.call(tf.constant(y_true), tf.constant(y_pred))
-  got = K.reduce_weighted_loss(per_sample, tf_or_none(sw), tf_or_none(mask),
-                               reduction)
-  assert got.shape == want.shape
-  np.testing.assert_array_equal(got.numpy(), want.numpy())
+      per_sample = loss_obj.call(tf.constant(y_true), tf.constant(y_pred))
+      got = K.reduce_weighted_loss(per_sample, tf_or_none(sw),
+                                   tf_or_none(mask), reduction)
+      assert got.shape == want.shape, name
+      np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=name)
 
 
 def test_all_masked_gives_zero_like_keras():
@@ -401,17 +419,28 @@ def test_invalid_reduction_raises():
     K.reduce_weighted_loss(tf.constant([1.0]), reduction="avg")
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("n_terms", [1, 2, 4])
-def test_sum_loss_terms_bitwise_vs_keras(seed, n_terms):
+def test_sum_loss_terms_bitwise_vs_keras():
   # Keras's compute_loss: one term as is, else ops.sum(list_of_terms).
-  rng = np.random.default_rng(seed)
-  terms = [tf.constant(t) for t in rng.uniform(0, 5, n_terms).astype(np.float32)]
-  got = K.sum_loss_terms(terms)
-  if n_terms == 1:
-    assert got is terms[0]
-  want = terms[0] if n_terms == 1 else keras.ops.sum(terms)
-  np.testing.assert_array_equal(got.numpy(), want.numpy())
+  # The association order matters: tf.reduce_sum adds up to 7 terms left to
+  # right but vectorises longer ones, so 1 + 9 * 2^-24 is 1.0000005 there and
+  # 1.0 for a left-to-right Python sum; the adversarial cases catch both a
+  # reversed and a sequential order.
+  tiny = np.float32(2.0**-24)
+  adversarial = [[np.float32(1.0)] + [tiny] * 9, [tiny] * 2 + [np.float32(1.0)],
+                 [np.float32(1.0)] + [tiny] * 2]
+  for seed in SEEDS:
+    for n_terms in (1, 2, 4, 7, 12):
+      rng = np.random.default_rng(seed)
+      terms = [tf.constant(t)
+               for t in rng.uniform(0, 5, n_terms).astype(np.float32)]
+      if seed == 0 and n_terms > 1:
+        terms = [tf.constant(t) for t in adversarial[n_terms % 3]]
+      got = K.sum_loss_terms(terms)
+      if n_terms == 1:
+        assert got is terms[0]
+        continue
+      np.testing.assert_array_equal(got.numpy(), keras.ops.sum(terms).numpy(),
+                                    err_msg=f"seed={seed} n={n_terms}")
 
 
 def test_sum_loss_terms_empty_raises():
@@ -458,10 +487,14 @@ def _table(cw, k):
   return tf.constant([cw.get(c, 1.0) for c in range(k)], tf.float64)
 
 
-@pytest.mark.parametrize("missing", [(), (1,)], ids=["full", "missing1"])
 @pytest.mark.parametrize("kind", LABEL_KINDS)
-@pytest.mark.parametrize("seed", [0, 1])
-def test_class_weights_vs_numpy_and_keras(seed, kind, missing):
+def test_class_weights_vs_numpy_and_keras(kind):
+  for seed in (0, 1):
+    for missing in ((), (1,)):  # all classes in the dict / class 1 absent
+      _check_class_weights(seed, kind, missing)
+
+
+def _check_class_weights(seed, kind, missing):
   rng = np.random.default_rng(seed)
   k = 4
   y = _labels(kind, rng, k=k)
@@ -490,27 +523,27 @@ def test_class_weights_vs_numpy_and_keras(seed, kind, missing):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("layout", ["n_w_n", "nt_w_n1", "n_w_scalar"])
-def test_reduce_weighted_loss_xla_vs_eager(layout, reduction, with_mask):
-  vshape, wshape = LAYOUTS[layout]
-  values, sw, mask = make_inputs(7, vshape, wshape, with_mask)
-  args = [tf.constant(values), tf.constant(sw)]
-  if with_mask:
-    args.append(tf.constant(mask))
+def test_reduce_weighted_loss_xla_vs_eager():
+  for reduction, layout in [(r, l) for r in REDUCTIONS for l in
+                            ("n_w_n", "nt_w_n1", "n_w_scalar", "nt_w_none")]:
+    vshape, wshape = LAYOUTS[layout]
+    for with_mask in (False, True):
+      values, sw, mask = make_inputs(7, vshape, wshape, with_mask)
 
-  def fn(*a):
-    return K.reduce_weighted_loss(*a[:2], a[2] if len(a) > 2 else None,
-                                  reduction, num_replicas=3)
+      def fn(v, s, m):
+        return K.reduce_weighted_loss(v, s, m, reduction, num_replicas=3)
 
-  eager = fn(*args).numpy()
-  compiled = xla(fn)(*args).numpy()
-  # XLA may sum in another association order (vectorised/tree reduction) and
-  # fuse the elementwise products; for non-negative terms re-association moves
-  # the result by at most ~(n-1) ulps relative, hence max(1e-6, n*eps).
-  np.testing.assert_allclose(compiled, eager,
-                             rtol=max(1e-6, values.size * EPS32), atol=0)
+      args = (tf.constant(values), tf_or_none(sw), tf_or_none(mask))
+      eager = fn(*args).numpy()
+      compiled = xla(fn)(*args).numpy()
+      # XLA may sum in another association order (vectorised/tree reduction)
+      # and fuse the elementwise products; for non-negative terms a
+      # re-association moves the result by at most ~(n-1) ulps relative,
+      # hence max(1e-6, n*eps).
+      np.testing.assert_allclose(compiled, eager,
+                                 rtol=max(1e-6, values.size * EPS32), atol=0,
+                                 err_msg=f"{reduction} {layout} "
+                                 f"mask={with_mask}")
 
 
 def test_sum_loss_terms_and_replica_scale_xla_vs_eager():
@@ -535,11 +568,12 @@ def test_mask_to_weights_xla_vs_eager():
                              rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("kind", LABEL_KINDS)
-def test_class_weights_xla_vs_eager(kind):
+def test_class_weights_xla_vs_eager():
   rng = np.random.default_rng(4)
-  y = tf.constant(_labels(kind, rng))
   table = _table(_class_weight_dict(rng, 4, ()), 4)
   fn = K.class_weights_to_sample_weights
-  # argmax/round/gather only select table entries: no arithmetic, so exact.
-  np.testing.assert_array_equal(xla(fn)(y, table).numpy(), fn(y, table).numpy())
+  for kind in LABEL_KINDS:
+    y = tf.constant(_labels(kind, rng))
+    # argmax/round/gather only select table entries: no arithmetic, so exact.
+    np.testing.assert_array_equal(xla(fn)(y, table).numpy(),
+                                  fn(y, table).numpy(), err_msg=kind)
