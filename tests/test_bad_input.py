@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import trainer
+from trainer import checks
 
 N = 16
 
@@ -64,21 +65,28 @@ def labels(classes=3, n=N, seed=0):
 
 
 class State:
-  """The weights and optimizer step count of a model, to compare after a call."""
+  """A model's variables and optimizer step count, to compare after a call.
+
+  `model.variables` holds the weights, BatchNormalization statistics and
+  seed-generator states: all that a forward or train step could move.
+  """
 
   def __init__(self, model):
     self.model = model
-    self.weights = [np.array(w) for w in model.get_weights()]
+    self.variables = self._variables()
     self.iterations = self._iterations()
+
+  def _variables(self):
+    return [keras.ops.convert_to_numpy(v) for v in self.model.variables]
 
   def _iterations(self):
     optimizer = getattr(self.model, "optimizer", None)
     return None if optimizer is None else int(optimizer.iterations)
 
   def assert_unchanged(self):
-    after = self.model.get_weights()
-    assert len(after) == len(self.weights)
-    for before, now in zip(self.weights, after):
+    after = self._variables()
+    assert len(after) == len(self.variables)
+    for before, now in zip(self.variables, after):
       np.testing.assert_array_equal(before, now)
     assert self._iterations() == self.iterations
 
@@ -129,11 +137,28 @@ class AddsNoLoss(keras.layers.Layer):
     return inputs
 
 
-def test_no_loss_found_at_trace_time_before_any_update():
-  # BatchNormalization would update its statistics if a forward pass ran eagerly.
-  model = keras.Sequential([keras.Input((4,)), AddsNoLoss(),
-                            keras.layers.BatchNormalization(), keras.layers.Dense(1)])
-  model.compile(optimizer="sgd")
+def stateful_custom_model(run_eagerly):
+  """A custom layer, then layers whose forward pass writes state: BN stats, Dropout seeds."""
+  model = keras.Sequential([keras.Input((4,)), AddsNoLoss(), keras.layers.BatchNormalization(),
+                            keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+  model.compile(optimizer="sgd", run_eagerly=run_eagerly)
+  return model
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
+def test_no_loss_with_custom_layer(run_eagerly):
+  # Found by a symbolic forward pass, so even an eager step never starts.
+  model = stateful_custom_model(run_eagerly)
+  x, y = data()
+  rejects(model, ValueError, says("No loss to compute", repr(model.name), "`loss` (None)"),
+          trainer.fit, x, y)
+
+
+def test_no_loss_found_when_the_step_is_traced(monkeypatch):
+  # A model the symbolic probe cannot call: the traced step still refuses, before
+  # the first update runs.
+  monkeypatch.setattr(checks, "_symbolic_loss_count", lambda model, x: None)
+  model = stateful_custom_model(run_eagerly=False)
   x, y = data()
   rejects(model, ValueError, says("No loss to compute", repr(model.name), "`loss`"),
           trainer.fit, x, y)
@@ -191,7 +216,7 @@ def test_dict_x_lengths_differ():
 @pytest.mark.parametrize("target_shape,model_kwargs,expected", [
     ((N, 3), {}, "(1,)"),
     ((N, 2), {"units": 4, "activation": "softmax"}, "(4,)"),
-    ((N, 4, 1), {"units": 4, "activation": "softmax"}, "(4,)"),
+    ((N, 4, 2), {"units": 4, "activation": "softmax"}, "(4,)"),
 ], ids=["3-vs-dense1", "2-vs-softmax4", "rank3-vs-softmax4"])
 def test_y_shape_does_not_fit_output(target_shape, model_kwargs, expected):
   x, _ = data()
@@ -202,7 +227,7 @@ def test_y_shape_does_not_fit_output(target_shape, model_kwargs, expected):
 
 def test_validation_y_shape_does_not_fit_output():
   x, y = data()
-  rejects(dense(), ValueError, says("`y`", "(16, 3)", "(1,)"), trainer.fit,
+  rejects(dense(), ValueError, says("`validation_data[1]`", "(16, 3)", "(1,)"), trainer.fit,
           x, y, validation_data=(x, np.zeros((N, 3))))
 
 
@@ -260,7 +285,8 @@ def test_evaluate_y_with_dataset_x():
 def test_dataset_without_targets_and_no_other_loss():
   x, _ = data()
   dataset = tf.data.Dataset.from_tensor_slices(x).batch(4)
-  rejects(dense(), ValueError, says("`y`", "None", "loss"), trainer.fit, dataset)
+  rejects(dense(), ValueError, says("`y`", "batches hold only x", "loss"), trainer.fit,
+          dataset)
 
 
 # -- weights ------------------------------------------------------------------
@@ -335,7 +361,7 @@ def test_unknown_keyword(call, keyword, suggestion):
   x, y = data()
   pattern = says(f"`{keyword}`", "batch_size", "steps_per_execution")
   if suggestion:
-    pattern += says(f"did you mean `{suggestion}`")
+    pattern += ".*" + says(f"Did you mean `{suggestion}` instead of `{keyword}`?")
   rejects(dense(), TypeError, pattern, call, x, y, **{keyword: 3})
 
 
@@ -346,7 +372,7 @@ def test_jit_compile_conflicts_with_run_eagerly():
           x, y, jit_compile=True)
 
 
-@pytest.mark.parametrize("value", ["yes", 1, None.__class__], ids=repr)
+@pytest.mark.parametrize("value", ["yes", 1, 0.5], ids=repr)
 def test_jit_compile_not_a_bool(value):
   x, y = data()
   rejects(dense(), ValueError, says("`jit_compile`", f"({value!r})", "True or False"),
@@ -360,7 +386,7 @@ def test_bad_steps_per_execution(value):
           trainer.fit, x, y, steps_per_execution=value)
 
 
-@pytest.mark.parametrize("value", ["yes", 2, None], ids=repr)
+@pytest.mark.parametrize("value", ["yes", 2], ids=repr)
 def test_bad_shuffle(value):
   x, y = data()
   rejects(dense(), ValueError, says("`shuffle`", f"({value!r})", "True, False or \"batch\""),
@@ -410,7 +436,7 @@ def trains(model, *args, **kwargs):
   kwargs.setdefault("batch_size", 8)
   history = trainer.fit(model, *args, verbose=0, **kwargs)
   assert int(model.optimizer.iterations) > state.iterations
-  assert any(not np.array_equal(a, b) for a, b in zip(state.weights, model.get_weights()))
+  assert any(not np.array_equal(a, b) for a, b in zip(state.variables, state._variables()))
   return history
 
 
