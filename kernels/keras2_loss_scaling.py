@@ -44,9 +44,14 @@ def unscale_gradients(grads, scale):
 
 
 def all_finite(grads):
-  """True when every element of every (possibly sparse) gradient is finite."""
-  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(_values(g)))
-                        for g in grads if g is not None])
+  """True when every element of every (possibly sparse) gradient is finite.
+
+  With no gradients at all (every entry None) the answer is True.
+  """
+  checks = [tf.reduce_all(tf.math.is_finite(_values(g))) for g in grads if g is not None]
+  if not checks:
+    return tf.constant(True)
+  return tf.reduce_all(checks)
 
 
 def next_loss_scale(scale, good_steps, finite, growth_steps, multiplier=2.0):

@@ -7,6 +7,7 @@ only model call is a symbolic one (`compute_output_spec`) in a scratch graph.
 
 import difflib
 import numbers
+import sys
 
 import keras
 import numpy as np
@@ -59,12 +60,32 @@ def check_keywords(function_name, kwargs, allowed):
         f"expected a subset of: {', '.join(allowed)}.{''.join(hints)}")
 
 
+def is_tf_keras_model(model):
+  """True for a tf_keras (Keras 2) model; tf_keras is imported only if already loaded."""
+  tf_keras = sys.modules.get("tf_keras")
+  return tf_keras is not None and isinstance(model, tf_keras.Model)
+
+
+def _is_compiled(model):
+  if is_tf_keras_model(model):
+    return bool(getattr(model, "_is_compiled", False))
+  return bool(getattr(model, "compiled", False))
+
+
+def has_compiled_loss(model):
+  """Whether `model.compile` got a `loss` (Keras 3: `_compile_loss`; Keras 2: `loss`)."""
+  if is_tf_keras_model(model):
+    return bool(getattr(model, "loss", None))
+  return model._compile_loss is not None
+
+
 def check_model(model):
-  if not isinstance(model, keras.Model):
+  if not isinstance(model, keras.Model) and not is_tf_keras_model(model):
     raise TypeError(
-        f"`model` ({_describe(model)}) must be a compiled keras.Model; the call is "
+        f"`model` ({_describe(model)}) must be a compiled keras.Model (or a "
+        "tf_keras.Model); the call is "
         "`trainer.fit(model, x, y, ...)` / `trainer.evaluate(model, x, y, ...)`.")
-  if not getattr(model, "compiled", False):
+  if not _is_compiled(model):
     raise ValueError(
         f"`model` ({getattr(model, 'name', model)!r}) is not compiled: call "
         "`model.compile(optimizer=..., loss=...)` before `trainer.fit` or "
@@ -290,10 +311,11 @@ def _loss_sources(model):
   maybe = False
   for layer in model._flatten_layers(include_self=True):
     cls = type(layer)
-    if not cls.__module__.startswith("keras.") or cls.__name__ in _USER_CODE_LAYERS:
+    if not cls.__module__.startswith(("keras.", "tf_keras.")) or cls.__name__ in _USER_CODE_LAYERS:
       maybe = True
     for attribute, value in vars(layer).items():
-      if attribute.endswith("regularizer") and value is not None:
+      # tf_keras layers also hold `_captured_weight_regularizer` (a list, often empty).
+      if attribute.endswith("regularizer") and value is not None and value != []:
         return "yes"
   if any(getattr(v, "regularizer", None) is not None for v in model.weights):
     return "yes"
@@ -309,6 +331,10 @@ def _symbolic_loss_count(model, x):
   variables. Returns None when the model cannot be called that way; the step
   then finds out when it is traced.
   """
+  if is_tf_keras_model(model):
+    # Not probed: a tf_keras forward pass would draw a legacy Dropout seed.
+    # The Keras 2 step raises the same error when it is traced.
+    return None
   if isinstance(x, tf.data.Dataset):
     spec = x.element_spec
     x_spec = spec[0] if isinstance(spec, tuple) else spec
@@ -355,7 +381,7 @@ def check_has_loss(model, x, y, argument="y"):
   forward pass. The step keeps raising the same error when it is traced, for
   a model that cannot be called symbolically here.
   """
-  compiled = model._compile_loss is not None
+  compiled = has_compiled_loss(model)
   if compiled and _has_targets(x, y):
     return
   sources = _loss_sources(model)
@@ -395,7 +421,7 @@ def _output_shapes(model, x):
   return [tuple(o.shape) for o in tree.flatten(outputs)]
 
 
-def check_validation_data(model, validation_data):
+def check_validation_data(model, validation_data, output_shapes=None):
   """Unpacks `validation_data` as `Model.fit` does and checks it like x and y.
 
   A tuple or list is (x,), (x, y) or (x, y, sample_weight); anything else is
@@ -417,7 +443,7 @@ def check_validation_data(model, validation_data):
   check_arrays(val_x, val_y, val_sw, None, names=names)
   if not isinstance(val_x, tf.data.Dataset):
     try:
-      shapes = _output_shapes(model, val_x)
+      shapes = (output_shapes or _output_shapes)(model, val_x)
     except Exception as error:  # pylint: disable=broad-except
       raise ValueError(
           f"`validation_data[0]` (shapes {[np.shape(a) for a in tree.flatten(val_x)]}) "

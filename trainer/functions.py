@@ -86,7 +86,8 @@ class FusedArraySteps:
   `trainer.data.DeviceArrays`, so no `tf.data` iterator, `Optional` or host
   round trip runs per step. With XLA the whole loop of full batches is one
   XLA computation (`fit` compiles only the single step). The partial last
-  batch, whose shape differs, is one more call of the same step.
+  batch, whose shape differs, runs in the same compiled call, in a `tf.cond`
+  after the loop.
 
   The step itself is traced once, with the element spec `fit`'s dataset
   would have (batch dimension None when a partial batch exists), so the
@@ -115,38 +116,39 @@ class FusedArraySteps:
       return step(batch)
 
     if run_eagerly:
-      self.one_step, self.full_steps, self.last_step = (
-          traced_step, self._full_steps, self._last_step)
+      self.one_step, self.steps = traced_step, self._steps
     else:
       self.one_step = tf.function(traced_step, input_signature=[element_spec],
                                   autograph=False)
-      self.full_steps = tf.function(self._full_steps, jit_compile=jit_compile,
-                                    autograph=False)
-      self.last_step = tf.function(self._last_step, jit_compile=jit_compile,
-                                   autograph=False)
+      self.steps = tf.function(self._steps, jit_compile=jit_compile, autograph=False)
 
-  def _full_steps(self, data, order, first, count, batch_size):
-    """Steps first .. first+count-1, all full batches; returns the last logs."""
+  def _steps(self, data, order, first, count, with_last, batch_size, remainder):
+    """Full batches first .. first+count-1, then the partial batch if `with_last`.
+
+    One graph holds both, so every step of an epoch runs from the same traced
+    code (stateful RNG ops keep one state, as under `fit`).
+    """
 
     def body(i):
       self.one_step(gather_batch(data, order, first + i, batch_size, batch_size))
-      return i + 1
+      return (i + 1,)
 
     tf.while_loop(lambda i: i < count, body, (tf.constant(0),))
-    return self.logs_fn()
+    if remainder:
+      # The partial batch starts where the full batches end.
+      last = tf.cast(tf.shape(order)[0] // batch_size, tf.int32)
 
-  def _last_step(self, data, order, index, batch_size, size):
-    self.one_step(gather_batch(data, order, index, batch_size, size))
+      def partial():
+        self.one_step(gather_batch(data, order, last, batch_size, remainder))
+        return tf.constant(True)
+
+      tf.cond(with_last, partial, lambda: tf.constant(False))
     return self.logs_fn()
 
   def run(self, arrays, order, begin, end):
     """Runs steps begin..end (clipped to the epoch) and returns the last logs."""
-    logs = None
     stop = min(end + 1, arrays.num_full_batches)
-    if begin < stop:
-      logs = self.full_steps(arrays.data, order, tf.constant(begin),
-                             tf.constant(stop - begin), arrays.batch_size)
-    if arrays.remainder and begin <= arrays.num_full_batches <= end:
-      logs = self.last_step(arrays.data, order, tf.constant(arrays.num_full_batches),
-                            arrays.batch_size, arrays.remainder)
-    return logs
+    count = max(stop - begin, 0)
+    with_last = bool(arrays.remainder) and begin <= arrays.num_full_batches <= end
+    return self.steps(arrays.data, order, tf.constant(begin), tf.constant(count),
+                      tf.constant(with_last), arrays.batch_size, arrays.remainder)

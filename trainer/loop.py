@@ -79,11 +79,12 @@ class Runner:
 
     In-memory arrays take the fused fast path (`FusedArraySteps` over
     `DeviceArrays`) unless `steps` limits the epoch (then `fit` carries one
-    iterator across epochs) or `shuffle="batch"`; datasets take the
-    iterator path (`CompiledStep`), as in `fit`.
+    iterator across epochs), `shuffle="batch"`, or the semantics opts out
+    (Keras 2); datasets take the iterator path (`CompiledStep`), as in `fit`.
     """
     spe = self.config.steps_per_execution
-    if not isinstance(x, tf.data.Dataset) and steps is None and shuffle != "batch":
+    if (self.semantics.fused_inputs and not isinstance(x, tf.data.Dataset)
+        and steps is None and shuffle != "batch"):
       arrays = data.DeviceArrays(x, y, sample_weight, batch_size=batch_size,
                                  shuffle=shuffle, class_weight=class_weight)
       self.semantics.build(self.model, arrays.element_spec)
@@ -188,7 +189,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   runner = _runner(model, jit_compile, steps_per_execution)
   _check_data_against_model(runner.semantics, model, x, y, class_weight)
   checks.check_has_loss(model, x, y)
-  val_x, val_y, val_sw = checks.check_validation_data(model, validation_data)
+  val_x, val_y, val_sw = checks.check_validation_data(
+      model, validation_data, output_shapes=runner.semantics.output_shapes)
 
   train_feed = runner.feed(True, x, y, sample_weight, batch_size=batch_size,
                            shuffle=shuffle, class_weight=class_weight, steps=steps_per_epoch)
@@ -203,6 +205,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
                            steps=validation_steps)
 
   model.stop_training = False
+  _begin_run(runner, training=True)
   callbacks.on_train_begin()
   training_logs = None
   for epoch in range(initial_epoch, epochs):
@@ -224,6 +227,13 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   return model.history
 
 
+def _begin_run(runner, training):
+  """Per-version bookkeeping at the start of a fit / evaluation (Keras 2 step counters)."""
+  begin = getattr(runner.semantics, "begin_run", None)
+  if begin is not None:
+    begin(runner.model, training=training)
+
+
 def _should_validate(epoch, validation_freq):
   if isinstance(validation_freq, int) and not isinstance(validation_freq, bool):
     if validation_freq < 1:
@@ -239,6 +249,7 @@ def _evaluate(runner, feed, callbacks):
   """Runs the test step over `feed` with the `on_test_*` hooks."""
   model = runner.model
   model.stop_evaluating = False
+  _begin_run(runner, training=False)
   callbacks.on_test_begin()
   runner.semantics.reset_metrics(model)
   feed.run_epoch(callbacks.on_test_batch_begin, callbacks.on_test_batch_end,

@@ -6,6 +6,8 @@ compiled state are built, and how metrics are read and reset. Keras 3 is
 `KERAS3`; Keras 2 (tf_keras) models get `trainer.keras2.KERAS2`.
 """
 
+import sys
+
 import keras
 from keras import tree
 
@@ -17,6 +19,8 @@ class Keras3Semantics:
   """`keras.Model.fit` (Keras 3, TF backend)."""
 
   name = "keras3"
+  # In-memory arrays may take the fused fast path (`trainer.functions.FusedArraySteps`).
+  fused_inputs = True
   TrainStep = step_module.TrainStep
   TestStep = step_module.TestStep
   callbacks = keras.callbacks
@@ -78,6 +82,8 @@ def register(semantics):
 
 
 def semantics_for(model):
+  if "tf_keras" in sys.modules:  # Only then can `model` be a tf_keras model.
+    import trainer.keras2  # noqa: F401  pylint: disable=g-import-not-at-top  (registers KERAS2)
   for semantics in _REGISTRY:
     if semantics.matches(model):
       return semantics
