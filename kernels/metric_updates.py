@@ -23,11 +23,17 @@ import tensorflow as tf
 
 
 def weighted_mean_update(total, count, value, weight):
-  """Returns (total + value * weight, count + weight), all in `total`'s dtype."""
+  """Returns (total + sum(value * weight), count + sum(weight)) in `total`'s dtype.
+
+  `weight` is broadcast to `value`'s shape first, so a scalar weight counts
+  once per element; for the scalar values of the trackers this is
+  (total + value * weight, count + weight). The op sequence (broadcast,
+  multiply, two sums) is the one `keras.metrics.Mean.update_state` uses.
+  """
   dtype = total.dtype
   value = tf.cast(value, dtype)
-  weight = tf.cast(weight, dtype)
-  return total + value * weight, count + weight
+  weight = tf.broadcast_to(tf.cast(weight, dtype), tf.shape(value))
+  return total + tf.reduce_sum(value * weight), count + tf.reduce_sum(weight)
 
 
 def mean_result(total, count):
