@@ -156,6 +156,8 @@ _PRELUDE = textwrap.dedent('''
         lines = [l.strip() for l in str(error).strip().splitlines() if l.strip()]
         message = lines[-1] if lines and lines[0].startswith("in user code") else (
             lines[0] if lines else "")
+        prefix = type(error).__name__ + ": "
+        message = message[len(prefix):] if message.startswith(prefix) else message
         print(json.dumps({"ok": False, "error": type(error).__name__,
                           "message": message[:300]}))
 ''')
