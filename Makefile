@@ -22,3 +22,10 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV)
+
+# The step-time benchmark (benchmarks/step_time.py): installs '.[bench]' (matplotlib)
+# into .venv, then times fit vs tapefit; outputs in out/bench. ARGS passes flags.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks.step_time $(ARGS)

@@ -140,9 +140,13 @@ class DeviceArrays:
 
 
 def gather_batch(data, order, index, batch_size, size):
-  """Batch number `index`: the `size` samples at order[index*batch_size:]."""
+  """Batch number `index`: the `size` samples at order[index*batch_size:].
+
+  The positions are a gather, not a `tf.slice`: XLA treats a slice's start
+  as a compile-time constant and would compile once per batch index.
+  """
   start = tf.cast(index, tf.int64) * batch_size
-  indices = tf.slice(order, tf.reshape(start, [1]), [size])
+  indices = tf.gather(order, start + tf.range(size, dtype=tf.int64))
   return tree.map_structure(lambda a: tf.gather(a, indices, axis=0), data)
 
 

@@ -1,0 +1,102 @@
+"""The FLOP floor: this machine's float32 matmul rate, and machine facts.
+
+    rate = matmul_rate(n=1024, repeats=7)     # {"gflops": ..., ...}
+    floor_seconds = flops_per_step / (rate["gflops"] * 1e9)
+
+The rate is the median over timed calls of a compiled function that runs
+`inner` chained n x n x n float32 `tf.matmul`s (2 n^3 FLOPs each), after one
+warm-up call. The benchmark times it once up front and again inside every
+model's interleaved rounds (`MatmulProbe`), and each model's floor uses the
+rate from its own rounds. A training step cannot beat flops / rate, so the
+ratio time / floor says how much of a step is not large matmuls.
+"""
+
+import contextlib
+import os
+import platform
+import statistics
+import time
+
+import tensorflow as tf
+
+
+class MatmulProbe:
+  """One call = `inner` chained n x n x n float32 matmuls, read back to the host.
+
+  Call it among the timed variants (benchmarks.timing.interleaved) so the
+  rate is measured under the same machine load as the steps it bounds.
+  """
+
+  def __init__(self, n=1024, inner=4, device=None):
+    self.n, self.inner = n, inner
+    self.flops = 2.0 * n ** 3 * inner
+
+    @tf.function
+    def chain(a, b):
+      c = a
+      for _ in range(inner):
+        # Scaled so the values stay finite over the chain.
+        c = tf.matmul(c, b) * (1.0 / n)
+      return tf.reduce_sum(c)
+
+    context = tf.device(device) if device else contextlib.nullcontext()
+    with context:
+      self.a = tf.random.stateless_normal((n, n), seed=(1, 2))
+      self.b = tf.random.stateless_normal((n, n), seed=(3, 4))
+    self._chain = chain
+    self()  # Warm-up: trace, allocate.
+
+  def __call__(self):
+    return self._chain(self.a, self.b).numpy()
+
+  def rate(self, seconds):
+    """{"gflops": at the median time, "gflops_best": at the fastest, ...}."""
+    return {"n": self.n, "inner": self.inner, "repeats": len(seconds),
+            "seconds": list(seconds),
+            "gflops": self.flops / statistics.median(seconds) / 1e9,
+            "gflops_best": self.flops / min(seconds) / 1e9}
+
+
+def matmul_rate(n=1024, repeats=7, inner=4, device=None):
+  """Median GFLOP/s of float32 n x n @ n x n on the default (or given) device."""
+  probe = MatmulProbe(n, inner, device)
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    probe()
+    seconds.append(time.perf_counter() - start)
+  return probe.rate(seconds)
+
+
+def _cpu_model():
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def machine_info():
+  """What the numbers were measured on."""
+  import keras
+  import numpy as np
+  devices = [d.name for d in tf.config.list_logical_devices()]
+  return {
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "cpu_model": _cpu_model(),
+      "cpu_count": os.cpu_count(),
+      "tensorflow": tf.__version__,
+      "keras": keras.__version__,
+      "numpy": np.__version__,
+      "devices": devices,
+      "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+      "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+      "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+      "env": {k: os.environ[k] for k in ("XLA_FLAGS", "TF_GPU_ALLOCATOR", "TF_XLA_FLAGS",
+                                         "CUDA_VISIBLE_DEVICES", "TF_ENABLE_ONEDNN_OPTS")
+              if k in os.environ},
+  }

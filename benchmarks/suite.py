@@ -1,0 +1,265 @@
+"""The step-time benchmark as a library: a frozen config in, a results dict out.
+
+    config = BenchConfig(models=("tiny",), repeats=1, steps=5)
+    results = run(config)                  # prints one line per measurement group
+    paths = report.write_outputs(results, config.out_dir)
+
+For each model, every variant (benchmarks.variants, times XLA off/on, plus the
+JAX peer when jax/optax are installed) is built, warmed up for `warmup`
+epochs, then timed for `repeats` rounds, interleaved round-robin: round r
+runs one epoch of each variant, so machine noise hits all of them alike.
+Times are seconds per epoch in the raw results and microseconds per
+optimizer step (epoch time / steps) in the summaries.
+"""
+
+import contextlib
+import dataclasses
+import os
+import time
+from typing import Callable, Optional, Tuple
+
+import keras
+import tensorflow as tf
+
+from benchmarks import floor, jax_peer, models, stages, timing, variants
+
+XLA_CHOICES = ("both", "on", "off")
+MATMUL = "matmul"  # The rate probe's name among each model's interleaved runners.
+PER_STEP_FEEDS = ("dataset", "arrays")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """What to measure.
+
+  Attributes:
+    models: names from benchmarks.models.SPECS.
+    repeats: timed rounds (interleaved) per model.
+    warmup: untimed epochs per variant before the rounds (>= 1: the first
+      epoch traces and compiles).
+    steps: optimizer steps per epoch; None uses each model's default. A
+      model's `max_steps` (the CNN) caps it either way.
+    out_dir: where results.json, results.md and step_time.png go.
+    xla: "both", "on" or "off".
+    stages: also run the stage timing (tiny and medium MLP, XLA).
+    stage_repeats: rounds for the stage timing.
+    jax: also time the JAX + optax peer when installed.
+    budget_s: per-variant cap on recorded seconds; a variant past it skips
+      the remaining rounds (at least one sample is kept).
+    per_step_feed: "dataset" (CompiledStep iterator path) or "arrays"
+      (trainer.fit's fused feed with steps_per_execution=1) for tapefit_step.
+    matmul_n: size of the square matmul that measures the FLOP rate.
+    device: e.g. "/GPU:0"; None leaves placement to TensorFlow.
+    dtype_policy: Keras dtype policy for the Keras models ("float32",
+      "mixed_bfloat16", ...). The JAX peer stays float32.
+    seed: weights and data.
+  """
+
+  models: Tuple[str, ...] = models.MODEL_NAMES
+  repeats: int = 5
+  warmup: int = 1
+  steps: Optional[int] = None
+  out_dir: str = "out/bench"
+  xla: str = "both"
+  stages: bool = True
+  stage_repeats: int = 9
+  jax: bool = True
+  budget_s: Optional[float] = 30.0
+  per_step_feed: str = "dataset"
+  matmul_n: int = 1024
+  device: Optional[str] = None
+  dtype_policy: str = "float32"
+  seed: int = 0
+
+  def __post_init__(self):
+    unknown = [m for m in self.models if m not in models.SPECS]
+    if unknown or not self.models:
+      raise ValueError(f"`models` ({list(self.models)!r}) must be a non-empty subset of "
+                       f"{list(models.SPECS)}.")
+    if self.xla not in XLA_CHOICES:
+      raise ValueError(f"`xla` ({self.xla!r}) must be one of {XLA_CHOICES}.")
+    if self.per_step_feed not in PER_STEP_FEEDS:
+      raise ValueError(f"`per_step_feed` ({self.per_step_feed!r}) must be one of "
+                       f"{PER_STEP_FEEDS}.")
+    for name in ("repeats", "warmup", "stage_repeats", "matmul_n"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` ({value!r}) must be a positive integer.")
+    if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+      raise ValueError(f"`steps` ({self.steps!r}) must be a positive integer or None.")
+    if self.budget_s is not None and not self.budget_s > 0:
+      raise ValueError(f"`budget_s` ({self.budget_s!r}) must be positive or None.")
+
+  @property
+  def xla_settings(self):
+    return {"both": (False, True), "on": (True,), "off": (False,)}[self.xla]
+
+
+def fit_default_xla():
+  """What `model.compile()`'s jit_compile="auto" resolves to on this machine."""
+  inputs = keras.Input((1,))
+  model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+  model.compile(optimizer="sgd", loss="mse")
+  return bool(model.jit_compile)
+
+
+def _us(seconds, steps):
+  return seconds / steps * 1e6
+
+
+def _measure_model(spec, config, rate, log, jax_status):
+  steps = spec.steps(config.steps)
+  capped_steps = config.steps is not None and steps < config.steps
+  probe = models.build_compiled(spec, seed=config.seed)
+  flops = models.train_flops_per_step(probe, spec.batch_size)
+  del probe
+  log(f"[{spec.name}] {spec.description}; {steps} steps/epoch"
+      f"{' (capped by the model)' if capped_steps else ''}; "
+      f"{flops / 1e6:.2f} MFLOP/step; floor at the up-front matmul rate "
+      f"{flops / (rate['gflops'] * 1e9) * 1e6:.1f} us/step")
+
+  runners = {}
+  entries = {}
+  # Every model is built before any is warmed up: building calls
+  # keras.utils.set_random_seed, which clears TensorFlow's kernel cache, so a
+  # function warmed up before it would be instantiated again in round 1.
+  built = []
+  for jit in config.xla_settings:
+    for kind in variants.VARIANTS:
+      variant = variants.Variant(spec, kind, jit, steps, per_step_feed=config.per_step_feed,
+                                 seed=config.seed)
+      variant.setup()
+      built.append(variant)
+  for variant in built:
+    kind, jit = variant.kind, variant.jit_compile
+    warm = [timing.time_call(variant.epoch) for _ in range(config.warmup)]
+    log(f"[{spec.name}] warm-up {variant.name}: {sum(warm):.1f} s "
+        f"(first epoch {warm[0]:.2f} s, last {warm[-1]:.2f} s)")
+    runners[variant.name] = variant.epoch
+    entries[variant.name] = {
+        "kind": kind, "xla": jit,
+        "label": variants.label(kind, variant.steps_per_execution) + (
+            " [arrays feed]" if kind == "tapefit_step" and config.per_step_feed == "arrays"
+            else ""),
+        "steps_per_execution": variant.steps_per_execution,
+        "feed": config.per_step_feed if kind == "tapefit_step" else "arrays",
+        "warmup_seconds": warm}
+
+  if config.jax and spec.name in jax_peer.PEERS:
+    if jax_status["available"]:
+      try:
+        x, y = models.make_data(spec, steps, config.seed)
+        peer = jax_peer.Peer(jax_peer.PEERS[spec.name], x, y, spec.batch_size,
+                             seed=config.seed)
+        warm = [timing.time_call(peer.epoch) for _ in range(config.warmup)]
+        log(f"[{spec.name}] warm-up jax_scan/xla: first epoch {warm[0]:.2f} s")
+        runners["jax_scan/xla"] = peer.epoch
+        entries["jax_scan/xla"] = {"kind": "jax_scan", "xla": True,
+                                   "label": "JAX + optax lax.scan peer",
+                                   "steps_per_execution": steps, "feed": "arrays",
+                                   "warmup_seconds": warm}
+      except Exception as error:  # pylint: disable=broad-except
+        log(f"[{spec.name}] JAX peer failed, skipped: {type(error).__name__}: {error}")
+        jax_status.setdefault("errors", {})[spec.name] = f"{type(error).__name__}: {error}"
+    else:
+      log(f"[{spec.name}] JAX peer {jax_peer.SKIP_MESSAGE}")
+
+  # The matmul rate is timed in the same rounds, under the same load.
+  matmul = floor.MatmulProbe(config.matmul_n, device=config.device)
+  runners[MATMUL] = matmul
+
+  def progress(round_index, this_round):
+    parts = ", ".join(f"{name} {_us(s, steps):.0f}" for name, s in sorted(this_round.items())
+                      if name != MATMUL)
+    rate_text = (f"; matmul {matmul.flops / this_round[MATMUL] / 1e9:.0f} GFLOP/s"
+                 if MATMUL in this_round else "")
+    log(f"[{spec.name}] round {round_index + 1}/{config.repeats} (us/step): {parts}"
+        f"{rate_text}")
+
+  samples = timing.interleaved(runners, config.repeats, budget_s=config.budget_s,
+                               progress=progress)
+  model_rate = matmul.rate(samples.pop(MATMUL))
+  floor_us = flops / (model_rate["gflops"] * 1e9) * 1e6
+  for name, entry in entries.items():
+    entry["samples_s"] = samples[name]
+    stats = timing.summarize([_us(s, steps) for s in samples[name]])
+    entry["us"] = stats.as_dict()
+    entry["capped"] = len(samples[name]) < config.repeats
+    entry["floor_ratio"] = stats.median / floor_us if floor_us else None
+  for variant in built:
+    variant.release()
+  notes = []
+  if capped_steps:
+    notes.append(f"{spec.name}: {steps} steps/epoch (capped from {config.steps}: slow "
+                 "under XLA on CPU)")
+  elif spec.max_steps is not None:
+    notes.append(f"{spec.name}: {steps} steps/epoch (capped at {spec.max_steps}: slow "
+                 "under XLA on CPU)")
+  capped = [n for n, e in entries.items() if e["capped"]]
+  if capped:
+    notes.append(f"{spec.name}: {', '.join(capped)} stopped after --budget_s="
+                 f"{config.budget_s:g} s of timed epochs (fewer than {config.repeats} samples)")
+  return {"name": spec.name, "description": spec.description, "batch_size": spec.batch_size,
+          "steps": steps, "flops_per_step": flops, "floor_us": floor_us,
+          "matmul": model_rate,
+          "variants": entries, "notes": notes}
+
+
+def run(config: BenchConfig, log: Optional[Callable[[str], None]] = print):
+  """Measures everything `config` asks for; returns the results dict."""
+  log = log or (lambda _: None)
+  started = time.perf_counter()
+  previous_policy = keras.mixed_precision.global_policy().name
+  keras.mixed_precision.set_dtype_policy(config.dtype_policy)
+  device = tf.device(config.device) if config.device else contextlib.nullcontext()
+  try:
+    with device:
+      machine = floor.machine_info()
+      machine["loadavg_start"] = _loadavg()
+      log(f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, TF "
+          f"{machine['tensorflow']}, Keras {machine['keras']}, devices {machine['devices']}, "
+          f"load average {machine['loadavg_start']}")
+      rate = floor.matmul_rate(n=config.matmul_n, device=config.device)
+      log(f"Matmul rate ({config.matmul_n}^3 float32, median of {rate['repeats']}): "
+          f"{rate['gflops']:.1f} GFLOP/s (best {rate['gflops_best']:.1f})")
+      default_xla = fit_default_xla()
+      ok, reason = jax_peer.available() if config.jax else (False, "disabled (--nojax)")
+      jax_status = {"requested": config.jax, "available": ok, "reason": reason}
+      if config.jax and not ok:
+        log(f"JAX peer {jax_peer.SKIP_MESSAGE} ({reason})")
+      results_models = {}
+      for name in config.models:
+        results_models[name] = _measure_model(models.SPECS[name], config, rate, log,
+                                              jax_status)
+        keras.backend.clear_session()
+      stage_results = {}
+      if config.stages and config.xla != "off":
+        for name in config.models:
+          if name not in stages.STAGE_MODELS:
+            continue
+          spec = models.SPECS[name]
+          stage_results[name] = stages.run_stages(
+              spec, spec.steps(config.steps), config.stage_repeats, config.warmup, log=log)
+          keras.backend.clear_session()
+      elif config.stages:
+        log("Stage timing skipped: it runs under XLA and --xla=off.")
+      machine["loadavg_end"] = _loadavg()
+  finally:
+    keras.mixed_precision.set_dtype_policy(previous_policy)
+  return {
+      "config": dataclasses.asdict(config),
+      "machine": machine,
+      "matmul": rate,
+      "fit_default_xla": default_xla,
+      "jax": jax_status,
+      "models": results_models,
+      "stages": stage_results,
+      "seconds": time.perf_counter() - started,
+  }
+
+
+def _loadavg():
+  try:
+    return [round(v, 2) for v in os.getloadavg()]
+  except OSError:
+    return None

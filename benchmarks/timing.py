@@ -1,0 +1,90 @@
+"""Interleaved timing: every variant runs once per round, so noise hits all alike.
+
+    samples = interleaved({"a": run_a, "b": run_b}, repeats=5)
+    stats = summarize(samples["a"])        # median, min, max, q1, q3, n
+
+A round runs each variant once, starting at a different variant each round
+(round-robin rotation), so no variant always runs first after a pause or
+right after the heaviest one. Warm-up (compilation, first-call allocation)
+happens before the rounds and is never recorded.
+"""
+
+import dataclasses
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+
+def time_call(fn):
+  """Wall-clock seconds of one call of `fn()`."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, *,
+                budget_s: Optional[float] = None,
+                progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                ) -> Dict[str, List[float]]:
+  """Runs `repeats` rounds of every function in `fns`; returns seconds per call.
+
+  Args:
+    fns: name -> a callable that does the timed work once.
+    repeats: rounds.
+    budget_s: a variant whose recorded time reaches this many seconds stops
+      being run in later rounds (it keeps at least one sample), so one very
+      slow variant cannot take the whole run; None: no cap.
+    progress: called after each round with (round index, {name: seconds}).
+  """
+  names = list(fns)
+  samples = {name: [] for name in names}
+  for round_index in range(repeats):
+    shift = round_index % len(names) if names else 0
+    this_round = {}
+    for name in names[shift:] + names[:shift]:
+      if budget_s is not None and samples[name] and sum(samples[name]) >= budget_s:
+        continue
+      seconds = time_call(fns[name])
+      samples[name].append(seconds)
+      this_round[name] = seconds
+    if progress is not None:
+      progress(round_index, this_round)
+  return samples
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+  """Order statistics of a list of samples (same unit as the samples)."""
+
+  median: float
+  min: float
+  max: float
+  q1: float
+  q3: float
+  n: int
+
+  def scaled(self, factor):
+    return Stats(self.median * factor, self.min * factor, self.max * factor,
+                 self.q1 * factor, self.q3 * factor, self.n)
+
+  def as_dict(self):
+    return dataclasses.asdict(self)
+
+
+def _quantile(sorted_values, q):
+  """Linear-interpolation quantile (numpy's default) of sorted values."""
+  if len(sorted_values) == 1:
+    return sorted_values[0]
+  position = q * (len(sorted_values) - 1)
+  low = int(position)
+  high = min(low + 1, len(sorted_values) - 1)
+  frac = position - low
+  return sorted_values[low] * (1 - frac) + sorted_values[high] * frac
+
+
+def summarize(samples: List[float]) -> Optional[Stats]:
+  if not samples:
+    return None
+  ordered = sorted(samples)
+  return Stats(median=statistics.median(ordered), min=ordered[0], max=ordered[-1],
+               q1=_quantile(ordered, 0.25), q3=_quantile(ordered, 0.75), n=len(ordered))

@@ -1,0 +1,96 @@
+"""Smoke test of the step-time benchmark: it runs and writes its outputs.
+
+No timing assertions: the numbers depend on the machine.
+"""
+
+import json
+import os
+
+import pytest
+
+from benchmarks import models, report, suite, timing, variants
+
+
+def test_interleaved_rotates_and_respects_the_budget():
+  calls = []
+  fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+  samples = timing.interleaved(fns, repeats=3)
+  assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+  assert all(len(s) == 3 for s in samples.values())
+  capped = timing.interleaved({"slow": lambda: None}, repeats=4, budget_s=1e-12)
+  assert len(capped["slow"]) == 1
+  stats = timing.summarize([3.0, 1.0, 2.0, 4.0])
+  assert (stats.median, stats.min, stats.max, stats.n) == (2.5, 1.0, 4.0, 4)
+
+
+def test_flops_are_counted_from_the_layer_shapes():
+  tiny = models.build_compiled(models.SPECS["tiny"])
+  assert models.forward_macs_per_sample(tiny) == 32 * 64 + 64 * 64 + 64 * 1
+  assert models.train_flops_per_step(tiny, 64) == 2 * 6208 * 3 * 64
+  transformer = models.build_compiled(models.SPECS["transformer"])
+  # QKV + scores + AV + output projection + FFN + classifier.
+  expected = 3 * 32 * 64 * 64 + 2 * 4 * 32 * 32 * 16 + 32 * 64 * 64 + 2 * 32 * 64 * 128 + 64 * 10
+  assert models.forward_macs_per_sample(transformer) == expected
+
+
+def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
+  out_dir = str(tmp_path / "bench")
+  config = suite.BenchConfig(models=("tiny",), repeats=1, warmup=1, steps=3, out_dir=out_dir,
+                             xla="both", stages=True, stage_repeats=1, jax=True,
+                             matmul_n=128)
+  lines = []
+  results = suite.run(config, log=lines.append)
+  paths = report.write_outputs(results, out_dir, log=lines.append)
+
+  expected = {f"{kind}/{xla}" for kind in variants.VARIANTS for xla in ("noxla", "xla")}
+  with open(paths["json"], encoding="utf-8") as f:
+    saved = json.load(f)
+  got = set(saved["models"]["tiny"]["variants"])
+  assert expected <= got
+  assert got - expected <= {"jax_scan/xla"}  # Present only where jax is installed.
+  for entry in saved["models"]["tiny"]["variants"].values():
+    assert len(entry["samples_s"]) == 1
+    assert entry["us"]["n"] == 1
+  assert saved["config"]["models"] == ["tiny"]
+  assert saved["matmul"]["gflops"] > 0
+  assert saved["models"]["tiny"]["flops_per_step"] == 2 * 6208 * 3 * 64
+  assert saved["models"]["tiny"]["matmul"]["gflops"] > 0  # Timed in the same rounds.
+  assert saved["models"]["tiny"]["floor_us"] > 0
+  stage_names = {row["stage"] for row in saved["stages"]["tiny"]["rows"]}
+  assert {"forward", "losses", "gradients", "clip_norm", "clip_value", "clip_global_norm",
+          "apply", "metrics", "clipping + metrics + loss tracker"} <= stage_names
+
+  with open(paths["markdown"], encoding="utf-8") as f:
+    markdown = f.read()
+  for label in variants.VARIANT_LABELS.values():
+    assert markdown.count(f"| tiny | {label} (spe=") == 2  # XLA off and on.
+  assert "## Stages of the fused XLA step" in markdown
+  assert "clipping + metrics + loss tracker" in markdown
+
+  ratios = report.format_ratios(results)
+  assert "tiny: tapefit fused" in ratios
+  assert "fit defaults" in ratios and "fit best" in ratios
+  if not results["jax"]["available"]:
+    assert "not measured: jax not installed" in ratios
+    assert any("jax/optax not installed" in line for line in lines)
+  # One progress line per measurement group.
+  assert any(line.startswith("[tiny] round 1/1") for line in lines)
+  assert any(line.startswith("[stages tiny] round 1/1") for line in lines)
+
+  try:
+    import matplotlib  # noqa: F401  pylint: disable=unused-import
+  except ImportError:
+    assert "png" not in paths
+  else:
+    assert os.path.getsize(paths["png"]) > 0
+    with open(paths["png"], "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_rejects_unknown_models_and_settings():
+  with pytest.raises(ValueError, match="models"):
+    suite.BenchConfig(models=("resnet",))
+  with pytest.raises(ValueError, match="xla"):
+    suite.BenchConfig(xla="sometimes")
+  with pytest.raises(ValueError, match="repeats"):
+    suite.BenchConfig(repeats=0)
