@@ -23,9 +23,10 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV)
 
-# The step-time benchmark (benchmarks/step_time.py): installs '.[bench]' (matplotlib)
-# into .venv, then times fit vs tapefit; outputs in out/bench. ARGS passes flags.
+# The step-time benchmark (benchmarks/step_time.py): installs '.[bench,jax]' (matplotlib,
+# and jax + optax for the JAX peer) into .venv, then times fit vs tapefit vs JAX;
+# outputs in out/bench. ARGS passes flags.
 .PHONY: bench
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/pip install -q -e '.[bench,jax]'
 	$(BIN)/python -m benchmarks.step_time $(ARGS)

@@ -19,8 +19,7 @@ plus `block_until_ready`.
 import dataclasses
 from typing import Optional, Tuple
 
-SKIP_MESSAGE = ("skipped: jax/optax not installed (pip install '.[bench]' with jax: "
-                "pip install jax optax)")
+SKIP_MESSAGE = "skipped: jax/optax not installed (pip install -e '.[jax]', or make bench)"
 
 
 @dataclasses.dataclass(frozen=True)

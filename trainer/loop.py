@@ -57,6 +57,10 @@ class Runner:
           run_eagerly=self.config.run_eagerly)
     return cache[key]
 
+  def reset_metrics(self):
+    """Zeroes every metric's state, at the start of each epoch and evaluation."""
+    self.semantics.reset_metrics(self.model)
+
   def train_function(self, element_spec):
     return self._compiled(self._train, self.train_step, element_spec)
 
@@ -122,7 +126,12 @@ class IteratorFeed:
     return self.steps.num_batches
 
   def run_epoch(self, on_begin, on_end, should_stop):
-    """Runs one epoch of executions with the batch hooks around each."""
+    """Runs one epoch of executions with the batch hooks around each.
+
+    Returns the logs of the last execution (the metric results after it), or
+    None when no step ran.
+    """
+    logs = None
     iterator = self.steps.iterator()
     for begin, end in self.steps.executions():
       on_begin(begin)
@@ -134,6 +143,7 @@ class IteratorFeed:
       on_end(end, logs)
       if should_stop():
         break
+    return logs
 
 
 class FusedFeed:
@@ -149,13 +159,17 @@ class FusedFeed:
     return self.arrays.num_batches
 
   def run_epoch(self, on_begin, on_end, should_stop):
+    """As `IteratorFeed.run_epoch`; returns the last execution's logs."""
+    logs = None
     order = self.arrays.epoch_order()
     for begin in range(0, self.arrays.num_batches, self.steps_per_execution):
       end = begin + self.steps_per_execution - 1
       on_begin(begin)
-      on_end(end, self.function.run(self.arrays, order, begin, end))
+      logs = self.function.run(self.arrays, order, begin, end)
+      on_end(end, logs)
       if should_stop():
         break
+    return logs
 
 
 def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
@@ -209,11 +223,13 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   callbacks.on_train_begin()
   training_logs = None
   for epoch in range(initial_epoch, epochs):
-    runner.semantics.reset_metrics(model)
+    runner.reset_metrics()
     callbacks.on_epoch_begin(epoch)
-    train_feed.run_epoch(callbacks.on_train_batch_begin, callbacks.on_train_batch_end,
-                         lambda: model.stop_training)
-    epoch_logs = dict(runner.semantics.results(model))
+    logs = train_feed.run_epoch(callbacks.on_train_batch_begin,
+                                callbacks.on_train_batch_end, lambda: model.stop_training)
+    # The last execution returned every metric's result after the last step:
+    # the epoch's values, without reading the metrics again.
+    epoch_logs = dict(runner.semantics.results(model) if logs is None else logs)
     if val_feed is not None and _should_validate(epoch, validation_freq):
       val_logs = _evaluate(runner, val_feed, callbacks)
       epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
@@ -251,10 +267,12 @@ def _evaluate(runner, feed, callbacks):
   model.stop_evaluating = False
   _begin_run(runner, training=False)
   callbacks.on_test_begin()
-  runner.semantics.reset_metrics(model)
-  feed.run_epoch(callbacks.on_test_batch_begin, callbacks.on_test_batch_end,
-                 lambda: model.stop_evaluating)
-  logs = {k: float(v) for k, v in runner.semantics.results(model).items()}
+  runner.reset_metrics()
+  logs = feed.run_epoch(callbacks.on_test_batch_begin, callbacks.on_test_batch_end,
+                        lambda: model.stop_evaluating)
+  if logs is None:
+    logs = runner.semantics.results(model)
+  logs = {k: float(v) for k, v in logs.items()}
   callbacks.on_test_end(logs)
   return logs
 
