@@ -40,12 +40,11 @@ def test_xla_program_does_not_depend_on_the_first_batch_index():
   trainer.fit(model, x, y, batch_size=32, epochs=1, verbose=0)
   compiled = _fused(model)
   arrays = data.DeviceArrays(x, y, batch_size=32)
-  order = arrays.epoch_order()
+  full, last = arrays.epoch_batches()
 
   def hlo(first):
     return compiled.steps.experimental_get_compiler_ir(
-        arrays.data, order, tf.constant(first), tf.constant(1), tf.constant(False),
-        arrays.batch_size, arrays.remainder)(stage="hlo")
+        full, last, tf.constant(first), tf.constant(1), tf.constant(False))(stage="hlo")
 
   assert hlo(0) == hlo(2)
 

@@ -113,10 +113,11 @@ def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
 class DeviceArrays:
   """In-memory training data held as tensors on the device, batched in-graph.
 
-  The fused path (`trainer.functions.FusedArraySteps`) slices batch i as
-  `gather(data, order[i*B:(i+1)*B])`, so no `tf.data` iterator runs per step.
-  `order` is the epoch's sample order: 0..N-1, or a fresh permutation each
-  epoch with `shuffle=True`.
+  Once per epoch, `epoch_batches()` lays the samples out in the epoch's order
+  (0..N-1, or a fresh permutation with `shuffle=True`) as `[num_full, B, ...]`
+  full batches plus the partial remainder; the fused loop
+  (`trainer.functions.FusedArraySteps`) then takes batch i with one
+  contiguous gather on the leading axis. No `tf.data` iterator runs per step.
   """
 
   def __init__(self, x, y=None, sample_weight=None, *, batch_size, shuffle=False,
@@ -133,21 +134,35 @@ class DeviceArrays:
     self.remainder = self.num_samples % batch_size
     self.num_batches = int(math.ceil(self.num_samples / batch_size))
 
-  def epoch_order(self):
-    order = tf.range(self.num_samples, dtype=tf.int64)
-    return tf.random.shuffle(order) if self.shuffle else order
+  def epoch_batches(self):
+    """(full, last): this epoch's full batches stacked as [num_full, B, ...], and
+    the partial last batch (None when every batch is full).
+
+    Without shuffling this is a reshape of the arrays; with it, one gather of
+    all N samples per epoch.
+    """
+    data = self.data
+    if self.shuffle:
+      order = tf.random.shuffle(tf.range(self.num_samples, dtype=tf.int64))
+      data = tree.map_structure(lambda a: tf.gather(a, order, axis=0), data)
+    split = self.num_full_batches * self.batch_size
+
+    def full_batches(a):
+      return tf.reshape(a[:split], [self.num_full_batches, self.batch_size] +
+                        a.shape[1:].as_list())
+
+    full = tree.map_structure(full_batches, data)
+    last = tree.map_structure(lambda a: a[split:], data) if self.remainder else None
+    return full, last
 
 
+def batch_at(full_batches, index):
+  """Full batch number `index`: a gather on the leading axis.
 
-def gather_batch(data, order, index, batch_size, size):
-  """Batch number `index`: the `size` samples at order[index*batch_size:].
-
-  The positions are a gather, not a `tf.slice`: XLA treats a slice's start
-  as a compile-time constant and would compile once per batch index.
+  A gather, not a `tf.slice`: XLA treats a slice's start as a compile-time
+  constant and would compile one program per batch index.
   """
-  start = tf.cast(index, tf.int64) * batch_size
-  indices = tf.gather(order, start + tf.range(size, dtype=tf.int64))
-  return tree.map_structure(lambda a: tf.gather(a, indices, axis=0), data)
+  return tree.map_structure(lambda a: tf.gather(a, index, axis=0), full_batches)
 
 
 def dataset_batches(dataset, class_weight=None):

@@ -16,7 +16,7 @@ partial batch reuse the compiled function.
 
 import tensorflow as tf
 
-from trainer.data import gather_batch
+from trainer.data import batch_at
 
 
 class CompiledStep:
@@ -122,7 +122,7 @@ class FusedArraySteps:
                                   autograph=False)
       self.steps = tf.function(self._steps, jit_compile=jit_compile, autograph=False)
 
-  def _steps(self, data, order, first, count, with_last, batch_size, remainder):
+  def _steps(self, full, last, first, count, with_last):
     """Full batches first .. first+count-1, then the partial batch if `with_last`.
 
     One graph holds both, so every step of an epoch runs from the same traced
@@ -130,25 +130,27 @@ class FusedArraySteps:
     """
 
     def body(i):
-      self.one_step(gather_batch(data, order, first + i, batch_size, batch_size))
+      self.one_step(batch_at(full, first + i))
       return (i + 1,)
 
     tf.while_loop(lambda i: i < count, body, (tf.constant(0),))
-    if remainder:
-      # The partial batch starts where the full batches end.
-      last = tf.cast(tf.shape(order)[0] // batch_size, tf.int32)
+    if last is not None:
 
       def partial():
-        self.one_step(gather_batch(data, order, last, batch_size, remainder))
+        self.one_step(last)
         return tf.constant(True)
 
       tf.cond(with_last, partial, lambda: tf.constant(False))
     return self.logs_fn()
 
-  def run(self, arrays, order, begin, end):
-    """Runs steps begin..end (clipped to the epoch) and returns the last logs."""
+  def run(self, arrays, epoch_batches, begin, end):
+    """Runs steps begin..end (clipped to the epoch) and returns the last logs.
+
+    `epoch_batches` is `arrays.epoch_batches()` for the current epoch.
+    """
+    full, last = epoch_batches
     stop = min(end + 1, arrays.num_full_batches)
     count = max(stop - begin, 0)
     with_last = bool(arrays.remainder) and begin <= arrays.num_full_batches <= end
-    return self.steps(arrays.data, order, tf.constant(begin), tf.constant(count),
-                      tf.constant(with_last), arrays.batch_size, arrays.remainder)
+    return self.steps(full, last, tf.constant(begin), tf.constant(count),
+                      tf.constant(with_last))

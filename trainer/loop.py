@@ -161,11 +161,11 @@ class FusedFeed:
   def run_epoch(self, on_begin, on_end, should_stop):
     """As `IteratorFeed.run_epoch`; returns the last execution's logs."""
     logs = None
-    order = self.arrays.epoch_order()
+    batches = self.arrays.epoch_batches()
     for begin in range(0, self.arrays.num_batches, self.steps_per_execution):
       end = begin + self.steps_per_execution - 1
       on_begin(begin)
-      logs = self.function.run(self.arrays, order, begin, end)
+      logs = self.function.run(self.arrays, batches, begin, end)
       on_end(end, logs)
       if should_stop():
         break
