@@ -411,17 +411,7 @@ def check_has_loss(model, x, y, argument="y"):
 
 # -- validation data ------------------------------------------------------------
 
-def _output_shapes(model, x):
-  """Per-output shapes of `model` on inputs shaped like `x`, without running it."""
-  def spec(a):
-    a = a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a)
-    return keras.KerasTensor((None,) + tuple(a.shape[1:]), dtype=str(a.dtype))
-
-  outputs = model.compute_output_spec(tree.map_structure(spec, tree.lists_to_tuples(x)))
-  return [tuple(o.shape) for o in tree.flatten(outputs)]
-
-
-def check_validation_data(model, validation_data, output_shapes=None):
+def check_validation_data(model, validation_data, output_shapes):
   """Unpacks `validation_data` as `Model.fit` does and checks it like x and y.
 
   A tuple or list is (x,), (x, y) or (x, y, sample_weight); anything else is
@@ -443,7 +433,7 @@ def check_validation_data(model, validation_data, output_shapes=None):
   check_arrays(val_x, val_y, val_sw, None, names=names)
   if not isinstance(val_x, tf.data.Dataset):
     try:
-      shapes = (output_shapes or _output_shapes)(model, val_x)
+      shapes = output_shapes(model, val_x)
     except Exception as error:  # pylint: disable=broad-except
       raise ValueError(
           f"`validation_data[0]` (shapes {[np.shape(a) for a in tree.flatten(val_x)]}) "
