@@ -10,7 +10,7 @@ The verdict is computed from that run: nothing is hard-coded.
 import dataclasses
 import json
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,6 @@ Adam, and outputs wider than one unit are bit-identical (test_fit_exactness).
 """
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 

@@ -17,7 +17,7 @@ and the callback sequence are those of `Model.fit` / `Model.evaluate`:
 import tensorflow as tf
 from keras import tree
 
-from trainer import checks, data, structure
+from trainer import checks, data
 from trainer.functions import CompiledStep, FusedArraySteps
 from trainer.semantics import semantics_for
 
