@@ -133,22 +133,29 @@ class DeviceArrays:
     self.num_full_batches = self.num_samples // batch_size
     self.remainder = self.num_samples % batch_size
     self.num_batches = int(math.ceil(self.num_samples / batch_size))
+    self._fixed_layout = None
 
   def epoch_batches(self):
     """(full, last): this epoch's full batches stacked as [num_full, B, ...], and
     the partial last batch (None when every batch is full).
 
-    Without shuffling this is a reshape of the arrays; with it, one gather of
-    all N samples per epoch.
+    Without shuffling the layout is the same every epoch and is built once;
+    with shuffling it costs one gather of all N samples per epoch.
     """
-    data = self.data
-    if self.shuffle:
-      order = tf.random.shuffle(tf.range(self.num_samples, dtype=tf.int64))
-      data = tree.map_structure(lambda a: tf.gather(a, order, axis=0), data)
+    if not self.shuffle:
+      if self._fixed_layout is None:
+        self._fixed_layout = self._layout(self.data)
+      return self._fixed_layout
+    order = tf.random.shuffle(tf.range(self.num_samples, dtype=tf.int64))
+    return self._layout(tree.map_structure(lambda a: tf.gather(a, order, axis=0),
+                                           self.data))
+
+  def _layout(self, data):
     split = self.num_full_batches * self.batch_size
 
     def full_batches(a):
-      return tf.reshape(a[:split], [self.num_full_batches, self.batch_size] +
+      head = a if split == self.num_samples else a[:split]
+      return tf.reshape(head, [self.num_full_batches, self.batch_size] +
                         a.shape[1:].as_list())
 
     full = tree.map_structure(full_batches, data)
