@@ -13,11 +13,11 @@ allocation); `epoch()` is the timed unit: exactly one epoch, `verbose=0`,
 `shuffle=False`.
 
 Why `tapefit_step` feeds a `tf.data.Dataset`: with in-memory arrays,
-`trainer.fit` takes the fused path whatever `steps_per_execution` is, and
-with steps_per_execution < batches per epoch under XLA that path compiles one
-executable per distinct first-step index (the index is folded into the XLA
-program as a constant), which makes the warm-up epoch cost one XLA compile
-per step. `--per_step_feed=arrays` times that path instead.
+`trainer.fit` takes the fused path on in-memory arrays whatever
+`steps_per_execution` is; the "tapefit per-step" variant feeds a tf.data
+pipeline instead so that it measures the iterator path, one step per call, as
+`fit` defaults do. `--per_step_feed=arrays` times the fused path at
+steps_per_execution=1 instead.
 """
 
 import dataclasses
