@@ -94,3 +94,11 @@ def test_config_rejects_unknown_models_and_settings():
     suite.BenchConfig(xla="sometimes")
   with pytest.raises(ValueError, match="repeats"):
     suite.BenchConfig(repeats=0)
+
+
+def test_carry_probe_runs_both_loops():
+  """Smoke only: both compiled loops run and report a time (no timing assertion)."""
+  from benchmarks import carry_probe
+  result = carry_probe.measure(steps=3, repeats=1)
+  assert set(result) == {"stateful", "functional"}
+  assert all(value > 0 for value in result.values())
