@@ -284,14 +284,8 @@ def _run_pair(case, x, y, data, fit_kwargs):
   keras_eval = reference.evaluate(x, y, return_dict=True, verbose=0)
   tapefit_eval = trainer.evaluate(ours, x, y, return_dict=True, verbose=0,
                                   **case.tapefit_kwargs)
-  comparison = fit_compare.Comparison(
-      keras_history=keras_history, tapefit_history=tapefit_history,
-      keras_weights=[w.numpy() for w in reference.weights],
-      tapefit_weights=[w.numpy() for w in ours.weights],
-      keras_iterations=int(reference.optimizer.iterations.numpy()),
-      tapefit_iterations=int(ours.optimizer.iterations.numpy()),
-      keras_eval=keras_eval, tapefit_eval=tapefit_eval,
-      keras_model=reference, tapefit_model=ours)
+  comparison = fit_compare.Comparison.of(reference, ours, keras_history, tapefit_history,
+                                         keras_eval, tapefit_eval)
   return Result(case, comparison, {"x": x, "y": y, **data}, fit_kwargs,
                 keras_callbacks, tapefit_callbacks)
 

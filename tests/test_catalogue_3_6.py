@@ -8,18 +8,13 @@ could not pass.
 
 from catalogue.framework import CatalogueConfig, all_scenarios
 from catalogue.scenarios import clipping, loss_weights, regularizers, weights
+from tests.catalogue_asserts import assert_holds
 
 CONFIG = CatalogueConfig(num_samples=200, epochs=2)
 
 
 def assert_verdict(m):
-  for name, ok in m.checks.items():
-    assert ok, f"{m.scenario}: check failed: {name}"
-  assert abs(m.measured_diff - m.predicted_diff) <= m.tolerance, (
-      m.measured_diff, m.predicted_diff, m.tolerance)
-  assert m.relation_holds
-  assert m.fit_max_diff == 0.0 and m.equals_fit, m.fit_max_diff
-  assert m.verdict == "holds"
+  assert_holds(m)
   assert len(m.checks) >= CONFIG.epochs
 
 

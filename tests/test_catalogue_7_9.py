@@ -12,18 +12,13 @@ import keras
 
 from catalogue.framework import CatalogueConfig, all_scenarios, to_json
 from catalogue.scenarios import accumulation_ema, dropout, mixed_precision
+from tests.catalogue_asserts import assert_holds
 
 CONFIG = CatalogueConfig(num_samples=200, epochs=2)
 
 
 def assert_verdict(m):
-  for name, ok in m.checks.items():
-    assert ok, f"{m.scenario}: check failed: {name}"
-  assert abs(m.measured_diff - m.predicted_diff) <= m.tolerance, (
-      m.measured_diff, m.predicted_diff, m.tolerance)
-  assert m.relation_holds
-  assert m.fit_max_diff == 0.0 and m.equals_fit, m.fit_max_diff
-  assert m.verdict == "holds"
+  assert_holds(m)
   json.loads(to_json([m]))  # The report can be written.
 
 

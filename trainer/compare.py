@@ -35,6 +35,19 @@ class Comparison:
   keras_model: Any = None
   tapefit_model: Any = None
 
+  @classmethod
+  def of(cls, reference, ours, keras_history, tapefit_history, keras_eval=None,
+         tapefit_eval=None):
+    """The comparison of two trained models (`reference` by Keras, `ours` by tapefit)."""
+    return cls(
+        keras_history=keras_history, tapefit_history=tapefit_history,
+        keras_weights=[w.numpy() for w in reference.weights],
+        tapefit_weights=[w.numpy() for w in ours.weights],
+        keras_iterations=int(reference.optimizer.iterations.numpy()),
+        tapefit_iterations=int(ours.optimizer.iterations.numpy()),
+        keras_eval=keras_eval or {}, tapefit_eval=tapefit_eval or {},
+        keras_model=reference, tapefit_model=ours)
+
   def differences(self):
     """{quantity: max |keras - tapefit|}, and the same relative to |keras|."""
     out = {}
@@ -113,11 +126,5 @@ def run_both(build, x, y=None, *, eval_x=None, eval_y=None, eval_kwargs=None,
     ey = y if eval_x is None else eval_y
     keras_eval = reference.evaluate(ex, ey, return_dict=True, **eval_kwargs)
     tapefit_eval = loop.evaluate(ours, ex, ey, return_dict=True, **eval_kwargs)
-  return Comparison(
-      keras_history=keras_history, tapefit_history=tapefit_history,
-      keras_weights=[w.numpy() for w in reference.weights],
-      tapefit_weights=[w.numpy() for w in ours.weights],
-      keras_iterations=int(reference.optimizer.iterations.numpy()),
-      tapefit_iterations=int(ours.optimizer.iterations.numpy()),
-      keras_eval=keras_eval, tapefit_eval=tapefit_eval,
-      keras_model=reference, tapefit_model=ours)
+  return Comparison.of(reference, ours, keras_history, tapefit_history, keras_eval,
+                       tapefit_eval)
