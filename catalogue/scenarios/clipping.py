@@ -21,10 +21,8 @@ the trajectory changes" would be vacuous.
 import keras
 import numpy as np
 
-from catalogue import probes
 from catalogue.framework import Measurement, scenario
 from catalogue.scenarios import same_tensor
-from trainer import compare, synthetic
 
 RELATION = ("batch-0 loss identical with and without clipping; loss vs metric obeys "
             "scenario 1's relation; only the trajectory changes")
@@ -69,33 +67,14 @@ class FirstBatchLoss(keras.callbacks.Callback):
 
 def run_kind(config, batch_size, clip_kwargs):
   """run_both on the same-tensor model with one clipping setting."""
-  x, y = synthetic.regression(config.num_samples, config.num_features, seed=config.seed)
-  sizes = probes.batch_sizes(config.num_samples, batch_size)
-  capacity = len(sizes) * config.epochs
   first = FirstBatchLoss()
-
-  def build():
-    return same_tensor.build_same_tensor_model(
-        config.num_features, capacity, keras.optimizers.SGD(LEARNING_RATE, **clip_kwargs))
-
-  result = compare.run_both(build, [x, y], None, batch_size=batch_size,
-                            epochs=config.epochs, shuffle=False, callbacks=[first],
-                            evaluate=False)
-  t_rows = result.tapefit_model.get_layer("same_tensor").recorder.rows()[:, 0]
-  per_epoch = probes.split_by_epoch(list(t_rows), config.num_samples, batch_size,
-                                    config.epochs)
-  history = result.tapefit_history
-  epochs = []
-  for e, t_values in enumerate(per_epoch):
-    loss_pred, metric_pred = same_tensor.predicted_loss_and_metric(t_values, sizes)
-    loss = history["loss"][e]
-    # Scenario 1's bound, scaled by this epoch's loss: float32 accumulators,
-    # each of ~B additions rounds by <= eps/2 of the running total.
-    tolerance = 4 * len(sizes) * np.finfo(np.float32).eps * max(abs(loss), 1.0)
-    epochs.append({"epoch": e + 1, "loss": loss, "t_metric": history["t_metric"][e],
-                   "predicted diff": loss_pred - metric_pred,
-                   "measured diff": loss - history["t_metric"][e],
-                   "tolerance": tolerance})
+  result, per_epoch, sizes = same_tensor.run_recorded(
+      config, batch_size, lambda: keras.optimizers.SGD(LEARNING_RATE, **clip_kwargs),
+      callbacks=[first], evaluate=False)
+  epochs = same_tensor.epoch_rows(result.tapefit_history, per_epoch, sizes)
+  for row in epochs:
+    # Scenario 1's bound, scaled by this epoch's loss.
+    row["tolerance"] = same_tensor.rounding_tolerance(len(sizes), row["loss"])
   assert len(first.values) == 2, first.values  # Model.fit, then trainer.fit
   before, *after = first.weights[1]
   if not after:  # a single step in the whole run: its update ends in the final weights

@@ -59,7 +59,12 @@ def predicted_loss_and_metric(t_values, sizes):
   return float(np.sum(n * t) / np.sum(n)), float(np.mean(t))
 
 
-def measure(config, batch_size, name, relation, optimizer_fn=None):
+def run_recorded(config, batch_size, optimizer_fn=None, **run_kwargs):
+  """Trains the same-tensor model with Model.fit and trainer.fit from equal weights.
+
+  Returns (comparison, the recorded t_b of each epoch from the tapefit run,
+  the batch sizes n_b). `run_kwargs` go to `compare.run_both`.
+  """
   x, y = synthetic.regression(config.num_samples, config.num_features, seed=config.seed)
   sizes = probes.batch_sizes(config.num_samples, batch_size)
   capacity = len(sizes) * config.epochs
@@ -69,22 +74,36 @@ def measure(config, batch_size, name, relation, optimizer_fn=None):
                                    optimizer_fn() if optimizer_fn else None)
 
   result = compare.run_both(build, [x, y], None, batch_size=batch_size,
-                            epochs=config.epochs, shuffle=False)
+                            epochs=config.epochs, shuffle=False, **run_kwargs)
   t_rows = result.tapefit_model.get_layer("same_tensor").recorder.rows()[:, 0]
   per_epoch = probes.split_by_epoch(list(t_rows), config.num_samples, batch_size,
                                     config.epochs)
-  history = result.tapefit_history
-  epochs = []
+  return result, per_epoch, sizes
+
+
+def rounding_tolerance(num_batches, loss):
+  """float32 accumulators: each of ~B additions rounds by <= eps/2 of the running total."""
+  return 4 * num_batches * np.finfo(np.float32).eps * max(abs(loss), 1.0)
+
+
+def epoch_rows(history, per_epoch, sizes):
+  """Per epoch: History's loss and t_metric beside the values predicted from t_b."""
+  rows = []
   for e, t_values in enumerate(per_epoch):
     loss_pred, metric_pred = predicted_loss_and_metric(t_values, sizes)
-    epochs.append({
+    rows.append({
         "epoch": e + 1, "loss": history["loss"][e], "t_metric": history["t_metric"][e],
         "predicted loss": loss_pred, "predicted t_metric": metric_pred,
         "predicted diff": loss_pred - metric_pred,
         "measured diff": history["loss"][e] - history["t_metric"][e]})
+  return rows
+
+
+def measure(config, batch_size, name, relation, optimizer_fn=None):
+  result, per_epoch, sizes = run_recorded(config, batch_size, optimizer_fn)
+  epochs = epoch_rows(result.tapefit_history, per_epoch, sizes)
   last = epochs[-1]
-  # float32 accumulators: each of ~B additions rounds by <= eps/2 of the running total.
-  tolerance = 4 * len(sizes) * np.finfo(np.float32).eps * max(abs(last["loss"]), 1.0)
+  tolerance = rounding_tolerance(len(sizes), last["loss"])
   checks = {
       f"epoch {row['epoch']}: |measured - predicted| <= tolerance":
           abs(row["measured diff"] - row["predicted diff"]) <= tolerance for row in epochs}
