@@ -282,12 +282,8 @@ class Keras2TrainStep(_Stages):
   def __init__(self, model, config=None):
     super().__init__(model)
     self.config = config or KERAS2.config(model)
-    self.model_optimizer = model.optimizer
-    self.loss_scaler, self.optimizer = unwrap_optimizer(model.optimizer)
-    if self.optimizer is None:
-      raise ValueError(
-          f"`model` ({model.name!r}) was compiled without an optimizer; "
-          "`trainer.fit` needs `model.compile(optimizer=...)`.")
+    self.model_optimizer, self.loss_scaler, self.optimizer = step_module.split_optimizer(
+        model, unwrap_optimizer)
 
   @property
   def trainable_variables(self):

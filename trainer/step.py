@@ -254,6 +254,19 @@ def _assign_mean(metric, total_and_count):
   metric.count.assign(count)
 
 
+def split_optimizer(model, unwrap):
+  """(model.optimizer, its loss scaler or None, the optimizer with the update rule).
+
+  `unwrap` is the Keras version's `unwrap_optimizer`. Fails without an optimizer.
+  """
+  loss_scaler, optimizer = unwrap(model.optimizer)
+  if optimizer is None:
+    raise ValueError(
+        f"`model` ({model.name!r}) was compiled without an optimizer; "
+        "`trainer.fit` needs `model.compile(optimizer=...)`.")
+  return model.optimizer, loss_scaler, optimizer
+
+
 class TestStep(_Stages):
   """`Model.evaluate`'s step: forward (inference mode), losses, metrics."""
 
@@ -275,12 +288,8 @@ class TrainStep(_Stages):
   def __init__(self, model, config=None):
     super().__init__(model)
     self.config = config or StepConfig.from_model(model)
-    self.model_optimizer = model.optimizer
-    self.loss_scaler, self.optimizer = unwrap_optimizer(model.optimizer)
-    if self.optimizer is None:
-      raise ValueError(
-          f"`model` ({model.name!r}) was compiled without an optimizer; "
-          "`trainer.fit` needs `model.compile(optimizer=...)`.")
+    self.model_optimizer, self.loss_scaler, self.optimizer = split_optimizer(
+        model, unwrap_optimizer)
 
   @property
   def trainable_variables(self):
