@@ -1,7 +1,8 @@
 """The exactness matrix: `Model.fit` vs `trainer.fit`, case by case.
 
 Every case starts both models from identical state (`fit_compare.copy_state`)
-with `shuffle=False` and compares every History value (incl. `val_*`), the
+with `shuffle=False` unless it says otherwise (the `shuffle_*` cases train
+on `fit`'s own permutations under the same global seed) and compares every History value (incl. `val_*`), the
 `evaluate` results, every final weight and `optimizer.iterations`.
 
 The rule:
@@ -830,6 +831,23 @@ CASES: List[Case] = [
          dict(batch_size=10, epochs=3), callbacks=terminate_on_nan,
          features="TerminateOnNaN, diverging SGD: stops mid-epoch",
          checks=[check_callback_events, check_terminated_mid_epoch]),
+    Case("shuffle_true_bn_dropout_spe4", build_sparse_logits_bn_dropout, data_classes_100,
+         dict(batch_size=16, epochs=3, shuffle=True),
+         features="shuffle=True (fit's default): a fresh permutation per epoch, gathered "
+                  "in the fused loop; BatchNormalization, Dropout, steps_per_execution=4, "
+                  "partial batch, validation_data",
+         checks=[check_optimizer_state]),
+    Case("shuffle_batch_weighted", build_binary_logits, data_binary_weighted,
+         dict(batch_size=16, epochs=2, shuffle="batch"),
+         features='shuffle="batch" (within each batch; the iterator path), sample_weight, '
+                  "weighted_metrics, steps_per_execution=4",
+         checks=[check_optimizer_state]),
+    Case("shuffle_true_steps_per_epoch", build_regression_adam, data_regression,
+         dict(batch_size=16, epochs=4, steps_per_epoch=5, shuffle=True),
+         callbacks=recorder_only,
+         features="shuffle=True with steps_per_epoch=5 over 7 batches: one iterator "
+                  "(one permutation) carried across epochs, then a new one",
+         checks=[check_optimizer_state, check_callback_events]),
     # ---- XLA on ----
     Case("xla_sparse_softmax_bn_globalclip_spe4", build_xla_bn_spe4, data_classes_100,
          dict(batch_size=16, epochs=2), xla=True, rel=XLA_REL, reason=XLA_REASON,
@@ -856,6 +874,12 @@ CASES: List[Case] = [
          features="trainer.fit(jit_compile=True, steps_per_execution=4) overrides; "
                   "2 outputs (list), SGD momentum, clipvalue",
          checks=[check_optimizer_state, check_evaluate_list]),
+    Case("xla_shuffle_true_spe4", build_xla_bn_spe4, data_classes_100,
+         dict(batch_size=16, epochs=2, shuffle=True), xla=True, rel=XLA_REL,
+         reason=XLA_REASON,
+         features="jit_compile=True, shuffle=True: the permutation gathered inside the "
+                  "fused XLA loop, BatchNormalization, global_clipnorm, partial batch",
+         checks=[check_optimizer_state]),
 ]
 
 CASES_BY_NAME = {case.name: case for case in CASES}

@@ -386,6 +386,14 @@ def test_bad_steps_per_execution(value):
           trainer.fit, x, y, steps_per_execution=value)
 
 
+@pytest.mark.parametrize("function", ["fit", "evaluate"])
+@pytest.mark.parametrize("value", ["whole", None, True], ids=repr)
+def test_bad_xla_scope(function, value):
+  x, y = data()
+  rejects(dense(), ValueError, says("`xla_scope`", f"({value!r})", "'auto', 'loop', 'step'"),
+          getattr(trainer, function), x, y, xla_scope=value)
+
+
 @pytest.mark.parametrize("value", ["yes", 2], ids=repr)
 def test_bad_shuffle(value):
   x, y = data()

@@ -14,12 +14,15 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
+from trainer.functions import XLA_SCOPES
+
 FIT_KEYWORDS = (
     "batch_size", "epochs", "verbose", "callbacks", "validation_data", "sample_weight",
     "class_weight", "shuffle", "initial_epoch", "steps_per_epoch", "validation_freq",
-    "validation_steps", "validation_batch_size", "jit_compile", "steps_per_execution")
+    "validation_steps", "validation_batch_size", "jit_compile", "steps_per_execution",
+    "xla_scope")
 EVALUATE_KEYWORDS = ("batch_size", "sample_weight", "verbose", "return_dict", "steps",
-                     "callbacks", "jit_compile", "steps_per_execution")
+                     "callbacks", "jit_compile", "steps_per_execution", "xla_scope")
 
 # Keras layers that run user code in `call`, which may call `add_loss`.
 _USER_CODE_LAYERS = ("Lambda", "TFSMLayer")
@@ -90,6 +93,14 @@ def check_model(model):
         f"`model` ({getattr(model, 'name', model)!r}) is not compiled: call "
         "`model.compile(optimizer=..., loss=...)` before `trainer.fit` or "
         "`trainer.evaluate`.")
+
+
+def check_xla_scope(xla_scope):
+  if not isinstance(xla_scope, str) or xla_scope not in XLA_SCOPES:
+    raise ValueError(
+        f"`xla_scope` ({xla_scope!r}) must be one of "
+        f"{', '.join(repr(s) for s in XLA_SCOPES)}: what XLA compiles on the "
+        "in-memory fast path (the whole loop, or each step).")
 
 
 def check_step_options(model, jit_compile, steps_per_execution):

@@ -80,7 +80,13 @@ def batch_spec(data, batch_size):
 
 def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
                   class_weight=None):
-  """Batches in-memory arrays (nested lists and dicts of arrays allowed).
+  """Batches in-memory arrays (nested lists and dicts of arrays allowed), as `fit` does.
+
+  The same pipeline as `fit`'s array adapter, so the batches (and, with a
+  global seed, the shuffles) are `fit`'s: one dataset element per epoch holds
+  the sample order (`epoch_permutations`), split into index batches (the
+  partial one last), optionally shuffled within each batch, then gathered
+  from the arrays.
 
   Args:
     x, y, sample_weight: arrays with the same first dimension; a single
@@ -92,11 +98,22 @@ def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
   """
   data = prepare_arrays(x, y, sample_weight, class_weight)
   num_samples = tree.flatten(data)[0].shape[0]
-  full_batches_only = num_samples % batch_size == 0
-  indices = tf.data.Dataset.range(num_samples)
+  split = (num_samples // batch_size) * batch_size
+
   if shuffle and shuffle != "batch":
-    indices = indices.shuffle(num_samples, reshuffle_each_iteration=True)
-  indices = indices.batch(batch_size, drop_remainder=full_batches_only)
+    orders = epoch_permutations(num_samples)
+  else:
+    orders = tf.data.Dataset.range(1).map(
+        lambda _: tf.range(num_samples, dtype=tf.int64))
+
+  def index_batches(order):
+    full = tf.reshape(order[:split], [split // batch_size, batch_size])
+    batches = tf.data.Dataset.from_tensor_slices(full)
+    if split < num_samples:
+      batches = batches.concatenate(tf.data.Dataset.from_tensors(order[split:]))
+    return batches
+
+  indices = orders.flat_map(index_batches)
   if shuffle == "batch":
     indices = indices.map(tf.random.shuffle)
   tensors = tf.data.Dataset.from_tensors(
@@ -113,11 +130,13 @@ def array_batches(x, y=None, sample_weight=None, *, batch_size, shuffle=False,
 class DeviceArrays:
   """In-memory training data held as tensors on the device, batched in-graph.
 
-  Once per epoch, `epoch_batches()` lays the samples out in the epoch's order
-  (0..N-1, or a fresh permutation with `shuffle=True`) as `[num_full, B, ...]`
-  full batches plus the partial remainder; the fused loop
-  (`trainer.functions.FusedArraySteps`) then takes batch i with one
-  contiguous gather on the leading axis. No `tf.data` iterator runs per step.
+  The samples are converted to tensors once per `fit` call and passed whole
+  to the fused loop (`trainer.functions.FusedArraySteps`), which lays them out
+  as `[num_full, B, ...]` full batches plus the partial remainder inside the
+  compiled function (`epoch_layout`), so an unshuffled epoch runs no eager op
+  at all. With `shuffle=True`, `epoch_order()` draws the epoch's permutation
+  (one `tf.random.shuffle`, as `fit` draws it) and the loop gathers each
+  batch's rows through it. No `tf.data` iterator runs per step.
   """
 
   def __init__(self, x, y=None, sample_weight=None, *, batch_size, shuffle=False,
@@ -133,43 +152,71 @@ class DeviceArrays:
     self.num_full_batches = self.num_samples // batch_size
     self.remainder = self.num_samples % batch_size
     self.num_batches = int(math.ceil(self.num_samples / batch_size))
-    self._fixed_layout = None
 
-  def epoch_batches(self):
-    """(full, last): this epoch's full batches stacked as [num_full, B, ...], and
-    the partial last batch (None when every batch is full).
+    self._orders = epoch_permutations(self.num_samples) if self.shuffle else None
 
-    Without shuffling the layout is the same every epoch and is built once;
-    with shuffling it costs one gather of all N samples per epoch.
-    """
-    if not self.shuffle:
-      if self._fixed_layout is None:
-        self._fixed_layout = self._layout(self.data)
-      return self._fixed_layout
-    order = tf.random.shuffle(tf.range(self.num_samples, dtype=tf.int64))
-    return self._layout(tree.map_structure(lambda a: tf.gather(a, order, axis=0),
-                                           self.data))
-
-  def _layout(self, data):
-    split = self.num_full_batches * self.batch_size
-
-    def full_batches(a):
-      head = a if split == self.num_samples else a[:split]
-      return tf.reshape(head, [self.num_full_batches, self.batch_size] +
-                        a.shape[1:].as_list())
-
-    full = tree.map_structure(full_batches, data)
-    last = tree.map_structure(lambda a: a[split:], data) if self.remainder else None
-    return full, last
+  def epoch_order(self):
+    """This epoch's sample order: None for 0..N-1, else the epoch's permutation."""
+    if self._orders is None:
+      return None
+    return next(iter(self._orders))
 
 
-def batch_at(full_batches, index):
-  """Full batch number `index`: a gather on the leading axis.
+def epoch_permutations(num_samples):
+  """A dataset whose one element is an epoch's permutation of 0..N-1, drawn as `fit` draws it.
 
-  A gather, not a `tf.slice`: XLA treats a slice's start as a compile-time
-  constant and would compile one program per batch index.
+  `fit` shuffles arrays with `tf.random.shuffle` inside a `tf.data` map over
+  `Dataset.range(1)`, one fresh iterator per epoch. Its op seed comes from the
+  global seed and the op's position in the map function's graph, so drawing
+  the permutation from the same one-op-for-one-op map function gives the
+  permutations `fit` trains on (an eager `tf.random.shuffle` would draw
+  different ones).
   """
-  return tree.map_structure(lambda a: tf.gather(a, index, axis=0), full_batches)
+
+  def permutation(_):
+    indices = tf.range(num_samples, dtype=tf.int64)
+    return tf.random.shuffle(indices)
+
+  return tf.data.Dataset.range(1).map(permutation)
+
+
+def epoch_layout(data, order, batch_size):
+  """(batch_at, last): the epoch's batches, built inside the compiled function.
+
+  `batch_at(i)` is full batch i; `last` is the partial last batch (None when
+  every batch is full). The shapes are static, so the split is too. Without
+  `order` a batch is a gather on the leading axis of the `[num_full, B, ...]`
+  reshape (a dynamic slice: no copy of the data); with `order` it gathers the
+  batch's rows of the permutation. Gathers, not `tf.slice`s: XLA treats a
+  slice's start as a compile-time constant and would compile one program per
+  batch index.
+  """
+  num_samples = tree.flatten(data)[0].shape[0]
+  num_full = num_samples // batch_size
+  split = num_full * batch_size
+
+  def stacked(a):
+    head = a if split == num_samples else a[:split]
+    return tf.reshape(head, [num_full, batch_size] + a.shape[1:].as_list())
+
+  if order is None:
+    full = tree.map_structure(stacked, data)
+
+    def batch_at(index):
+      return tree.map_structure(lambda a: tf.gather(a, index, axis=0), full)
+
+    last = tree.map_structure(lambda a: a[split:], data) if split < num_samples else None
+  else:
+    rows = stacked(order)
+
+    def batch_at(index):
+      picked = tf.gather(rows, index, axis=0)
+      return tree.map_structure(lambda a: tf.gather(a, picked, axis=0), data)
+
+    tail = order[split:]
+    last = (tree.map_structure(lambda a: tf.gather(a, tail, axis=0), data)
+            if split < num_samples else None)
+  return batch_at, last
 
 
 def dataset_batches(dataset, class_weight=None):

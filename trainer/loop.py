@@ -18,7 +18,7 @@ import tensorflow as tf
 from keras import tree
 
 from trainer import checks, data
-from trainer.functions import CompiledStep, FusedArraySteps
+from trainer.functions import CompiledStep, FusedArraySteps, resolve_xla_scope
 from trainer.semantics import semantics_for
 
 
@@ -43,10 +43,12 @@ class Runner:
     self.model = model
     self.semantics = semantics
     self.config = config
+    self.xla_scope = "auto"
     self.train_step = semantics.TrainStep(model, config)
     self.test_step = semantics.TestStep(model)
     self._train = {}
     self._test = {}
+    self._reset = {}
 
   def _compiled(self, cache, step, element_spec):
     key = repr(element_spec)
@@ -58,8 +60,22 @@ class Runner:
     return cache[key]
 
   def reset_metrics(self):
-    """Zeroes every metric's state, at the start of each epoch and evaluation."""
-    self.semantics.reset_metrics(self.model)
+    """Zeroes every metric's state, at the start of each epoch and evaluation.
+
+    One compiled call resets them all (eagerly, each variable's assign is a
+    separate dispatch). It is traced per set of metric variables, so metrics
+    built or replaced later get their own trace.
+    """
+    if self.config.run_eagerly:
+      self.semantics.reset_metrics(self.model)
+      return
+    key = tuple(id(v) for metric in self.model.metrics for v in metric.variables)
+    if key not in self._reset:
+      def reset():
+        self.semantics.reset_metrics(self.model)
+        return tf.constant(True)
+      self._reset[key] = tf.function(reset, autograph=False).get_concrete_function()
+    self._reset[key]()
 
   def train_function(self, element_spec):
     return self._compiled(self._train, self.train_step, element_spec)
@@ -67,14 +83,16 @@ class Runner:
   def test_function(self, element_spec):
     return self._compiled(self._test, self.test_step, element_spec)
 
-  def fused_function(self, training, element_spec):
-    key = ("fused", training, repr(element_spec))
+  def fused_function(self, training, element_spec, batch_size):
+    scope = resolve_xla_scope(self.model, self.xla_scope)
+    key = ("fused", training, repr(element_spec), batch_size, scope)
     cache = self._train if training else self._test
     if key not in cache:
       cache[key] = FusedArraySteps(
           self.train_step if training else self.test_step, element_spec=element_spec,
-          logs_fn=lambda: self.semantics.results(self.model),
-          jit_compile=self.config.jit_compile, run_eagerly=self.config.run_eagerly)
+          batch_size=batch_size, logs_fn=lambda: self.semantics.results(self.model),
+          jit_compile=self.config.jit_compile, xla_scope=scope,
+          run_eagerly=self.config.run_eagerly)
     return cache[key]
 
   def feed(self, training, x, y=None, sample_weight=None, *, batch_size, shuffle=False,
@@ -92,7 +110,8 @@ class Runner:
       arrays = data.DeviceArrays(x, y, sample_weight, batch_size=batch_size,
                                  shuffle=shuffle, class_weight=class_weight)
       self.semantics.build(self.model, arrays.element_spec)
-      return FusedFeed(arrays, self.fused_function(training, arrays.element_spec), spe)
+      return FusedFeed(arrays, self.fused_function(training, arrays.element_spec, batch_size),
+                       spe)
     batches = data.make_batches(x, y, sample_weight, batch_size=batch_size,
                                 shuffle=shuffle, class_weight=class_weight)
     self.semantics.build(self.model, batches.element_spec)
@@ -101,7 +120,7 @@ class Runner:
     return IteratorFeed(data.EpochSteps(batches, steps, spe), compiled)
 
 
-def _runner(model, jit_compile, steps_per_execution):
+def _runner(model, jit_compile, steps_per_execution, xla_scope="auto"):
   """One Runner per model and configuration, kept on the model across calls."""
   semantics = semantics_for(model)
   config = semantics.config(model, jit_compile=jit_compile,
@@ -111,6 +130,7 @@ def _runner(model, jit_compile, steps_per_execution):
       cached.train_step.model_optimizer is not model.optimizer):
     cached = Runner(model, semantics, config)
     model._tapefit_runner = cached
+  cached.xla_scope = xla_scope
   return cached
 
 
@@ -161,11 +181,11 @@ class FusedFeed:
   def run_epoch(self, on_begin, on_end, should_stop):
     """As `IteratorFeed.run_epoch`; returns the last execution's logs."""
     logs = None
-    batches = self.arrays.epoch_batches()
+    order = self.arrays.epoch_order()
     for begin in range(0, self.arrays.num_batches, self.steps_per_execution):
       end = begin + self.steps_per_execution - 1
       on_begin(begin)
-      logs = self.function.run(self.arrays, batches, begin, end)
+      logs = self.function.run(self.arrays, order, begin, end)
       on_end(end, logs)
       if should_stop():
         break
@@ -179,12 +199,15 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
 
   Same arguments and semantics as `keras.Model.fit` (Keras 3), plus
   `jit_compile` and `steps_per_execution` keywords that override what
-  `model.compile` set. Also accepts `validation_steps` and
-  `validation_batch_size`. Returns the `keras.callbacks.History`.
+  `model.compile` set, and `xla_scope` ("auto", "loop" or "step": what XLA
+  compiles on the in-memory fast path; see
+  `trainer.functions.resolve_xla_scope`). Also accepts `validation_steps`
+  and `validation_batch_size`. Returns the `keras.callbacks.History`.
   """
   extra = dict(kwargs)
   jit_compile = extra.pop("jit_compile", None)
   steps_per_execution = extra.pop("steps_per_execution", None)
+  xla_scope = extra.pop("xla_scope", "auto")
   validation_steps = extra.pop("validation_steps", None)
   validation_batch_size = extra.pop("validation_batch_size", None)
   checks.check_keywords("trainer.fit", extra, checks.FIT_KEYWORDS)
@@ -200,7 +223,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   checks.check_validation_freq(validation_freq)
   checks.check_shuffle(shuffle)
   checks.check_arrays(x, y, sample_weight, class_weight)
-  runner = _runner(model, jit_compile, steps_per_execution)
+  checks.check_xla_scope(xla_scope)
+  runner = _runner(model, jit_compile, steps_per_execution, xla_scope)
   _check_data_against_model(runner.semantics, model, x, y, class_weight)
   checks.check_has_loss(model, x, y)
   val_x, val_y, val_sw = checks.check_validation_data(
@@ -287,6 +311,7 @@ def evaluate(model, x=None, y=None, batch_size=None, sample_weight=None, verbose
   extra = dict(kwargs)
   jit_compile = extra.pop("jit_compile", None)
   steps_per_execution = extra.pop("steps_per_execution", None)
+  xla_scope = extra.pop("xla_scope", "auto")
   checks.check_keywords("trainer.evaluate", extra, checks.EVALUATE_KEYWORDS)
   checks.check_model(model)
   checks.check_step_options(model, jit_compile, steps_per_execution)
@@ -294,7 +319,8 @@ def evaluate(model, x=None, y=None, batch_size=None, sample_weight=None, verbose
   checks.check_positive_int("batch_size", batch_size)
   checks.check_positive_int("steps", steps, allow_none=True)
   checks.check_arrays(x, y, sample_weight, None)
-  runner = _runner(model, jit_compile, steps_per_execution)
+  checks.check_xla_scope(xla_scope)
+  runner = _runner(model, jit_compile, steps_per_execution, xla_scope)
   _check_data_against_model(runner.semantics, model, x, y, None)
   checks.check_has_loss(model, x, y)
   feed = runner.feed(False, x, y, sample_weight, batch_size=batch_size, steps=steps)
