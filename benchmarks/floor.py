@@ -12,6 +12,7 @@ ratio time / floor says how much of a step is not large matmuls.
 """
 
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -100,3 +101,70 @@ def machine_info():
                                          "CUDA_VISIBLE_DEVICES", "TF_ENABLE_ONEDNN_OPTS")
               if k in os.environ},
   }
+
+
+class ConvProbe:
+  """One call = every Conv2D of a model at its training shapes: forward,
+  input gradient and kernel gradient, as TensorFlow's own kernels run them.
+
+  The matmul rate overstates what convolutions with few channels can reach,
+  so for a model with convolutions the benchmark also gives a kernel floor:
+  the convolutions' FLOPs at this measured conv rate plus the rest at the
+  matmul rate. (The first layer's input gradient, which no training step
+  computes, is left out.) Returns None from `for_model` without Conv2D layers.
+  """
+
+  def __init__(self, layers, batch_size, device=None):
+    context = tf.device(device) if device else contextlib.nullcontext()
+    self.flops = 0.0
+    self.shapes = []
+    with context:
+      self.inputs, self.kernels = [], []
+      for i, (in_shape, kernel_shape, strides, padding, out_shape) in enumerate(layers):
+        x_shape = (batch_size,) + tuple(in_shape)
+        self.inputs.append(tf.random.stateless_normal(x_shape, seed=(i, 1)))
+        self.kernels.append(tf.random.stateless_normal(kernel_shape, seed=(i, 2)))
+        macs = batch_size * math.prod(out_shape) * math.prod(kernel_shape[:3])
+        self.flops += 2.0 * macs * (3 if i > 0 else 2)
+        self.shapes.append((x_shape, tuple(kernel_shape), strides, padding, i > 0))
+
+    @tf.function
+    def run(inputs, kernels):
+      total = tf.constant(0.0)
+      for x, k, (x_shape, k_shape, strides, padding, input_grad) in zip(
+          inputs, kernels, self.shapes):
+        y = tf.nn.conv2d(x, k, strides, padding)
+        total += tf.reduce_sum(y)
+        total += tf.reduce_sum(tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=k_shape, out_backprop=y, strides=[1, *strides, 1],
+            padding=padding))
+        if input_grad:
+          total += tf.reduce_sum(tf.raw_ops.Conv2DBackpropInput(
+              input_sizes=x_shape, filter=k, out_backprop=y, strides=[1, *strides, 1],
+              padding=padding))
+      return total
+
+    self._run = run
+    self()  # Warm-up.
+
+  @classmethod
+  def for_model(cls, model, batch_size, device=None):
+    import keras  # pylint: disable=g-import-not-at-top
+    layers = []
+    for layer in model.layers:
+      if type(layer) is not keras.layers.Conv2D or layer.groups != 1:
+        continue
+      for node in layer._inbound_nodes:
+        in_shape = tuple(node.input_tensors[0].shape[1:])
+        out_shape = tuple(node.output_tensors[0].shape[1:])
+        layers.append((in_shape, tuple(layer.kernel.shape), tuple(layer.strides),
+                       layer.padding.upper(), out_shape))
+    return cls(layers, batch_size, device) if layers else None
+
+  def __call__(self):
+    return self._run(self.inputs, self.kernels).numpy()
+
+  def rate(self, seconds):
+    return {"flops": self.flops, "repeats": len(seconds),
+            "gflops": self.flops / statistics.median(seconds) / 1e9,
+            "gflops_best": self.flops / min(seconds) / 1e9}

@@ -14,6 +14,10 @@ size, mae or accuracy), so it does the work `fit` reports.
 One epoch is one jitted call: `lax.scan` over the pre-batched arrays
 (steps, batch, features), already on the device; the timed unit is that call
 plus `block_until_ready`.
+
+`Peer(..., bare=True)` drops the clipping and the running means (the loss is
+still computed, for its gradient): the difference to the full peer is what
+XLA itself spends on the work tapefit's clipping + metrics share measures.
 """
 
 import dataclasses
@@ -64,9 +68,10 @@ class Peer:
     x, y: NumPy arrays with steps * batch_size samples.
     batch_size: samples per step.
     seed: initialisation seed.
+    bare: no clipping and no running loss/metric means.
   """
 
-  def __init__(self, peer, x, y, batch_size, seed=0):
+  def __init__(self, peer, x, y, batch_size, seed=0, bare=False):
     jax, optax = load()
     jnp = jax.numpy
     self.jax = jax
@@ -112,7 +117,7 @@ class Peer:
       return loss, metric
 
     transforms = []
-    if peer.clipnorm:
+    if peer.clipnorm and not bare:
       clip = float(peer.clipnorm)
 
       def clip_each(updates, params=None):
@@ -129,6 +134,18 @@ class Peer:
     tx = optax.chain(*transforms)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     batch = float(batch_size)
+
+    def bare_epoch(params, opt_state, xs, ys):
+      def body(carry, data):
+        params, opt_state = carry
+        inputs, targets = data
+        grads = jax.grad(lambda p: loss_fn(p, inputs, targets)[0])(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+      (params, opt_state), _ = jax.lax.scan(body, (params, opt_state), (xs, ys))
+      zero = jnp.zeros((), jnp.float32)
+      return params, opt_state, zero, zero
 
     def train_epoch(params, opt_state, xs, ys):
       def body(carry, data):
@@ -147,7 +164,7 @@ class Peer:
 
     self.params = params
     self.opt_state = tx.init(params)
-    self.train_epoch = jax.jit(train_epoch)
+    self.train_epoch = jax.jit(bare_epoch if bare else train_epoch)
     self.logs = None
 
   def epoch(self):

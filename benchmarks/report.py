@@ -29,7 +29,7 @@ VARIANT_HELP = {
     "tapefit_fused": "`trainer.fit` on in-memory arrays, steps_per_execution = batches "
                      "per epoch (FusedArraySteps: one compiled call per epoch)",
 }
-KIND_ORDER = variants.VARIANTS + ("jax_scan",)
+KIND_ORDER = variants.VARIANTS + ("jax_scan", "jax_scan_bare")
 
 
 def _fmt_us(us):
@@ -262,11 +262,25 @@ def format_ratios(results):
     what = ("clipping + metrics + loss tracker" if stage["clip"]
             else "metrics + loss tracker (no clipping configured)")
     low, high = stage["clip_metrics_pct_difference_iqr"]
-    lines.append(
-        f"  {name}: {what} = {pct:.1f}% of the fused XLA step by difference "
-        f"(IQR {low:.1f}–{high:.1f}%), {stage['clip_metrics_pct_alone']:.1f}% timed alone "
-        f"[target <= {STAGE_TARGET_PCT:g}%: {_verdict(pct <= STAGE_TARGET_PCT)}]")
+    text = (f"  {name}: {what} = {pct:.1f}% of the fused XLA step by difference "
+            f"(IQR {low:.1f}–{high:.1f}%), {stage['clip_metrics_pct_alone']:.1f}% timed alone "
+            f"[target <= {STAGE_TARGET_PCT:g}%: {_verdict(pct <= STAGE_TARGET_PCT)}]")
+    jax_pct = jax_clip_metrics_pct(results["models"].get(name, {}))
+    if jax_pct is not None:
+      text += (f"; the JAX peer spends {jax_pct:.1f}% of its step on the same work "
+               "(1 - bare peer / full peer, same rounds)")
+    lines.append(text)
   return "\n".join(lines)
+
+
+def jax_clip_metrics_pct(model):
+  """100 * (1 - bare JAX peer / full JAX peer), or None when not measured."""
+  variants_ = model.get("variants", {})
+  full = _median(variants_.get("jax_scan/xla"))
+  bare = _median(variants_.get("jax_scan_bare/xla"))
+  if not full or not bare:
+    return None
+  return 100.0 * (1.0 - bare / full)
 
 
 def write_json(results, path):

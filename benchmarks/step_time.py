@@ -50,6 +50,10 @@ _DTYPE_POLICY = flags.DEFINE_enum("dtype_policy", "float32",
                                   ["float32", "mixed_bfloat16", "mixed_float16"],
                                   "Keras dtype policy of the Keras models.")
 _SEED = flags.DEFINE_integer("seed", 0, "Weights and data seed.")
+_FUSED_XLA_SCOPE = flags.DEFINE_enum(
+    "fused_xla_scope", "auto", ["auto", "loop", "step"],
+    "What XLA compiles in the tapefit fused variant (trainer.fit's xla_scope): the whole "
+    "loop, each step, or auto (step for convolution models on CPU).")
 
 
 def main(argv):
@@ -62,7 +66,7 @@ def main(argv):
       stage_repeats=_STAGE_REPEATS.value, jax=_JAX.value,
       budget_s=_BUDGET_S.value or None, per_step_feed=_PER_STEP_FEED.value,
       matmul_n=_MATMUL_N.value, device=_DEVICE.value, dtype_policy=_DTYPE_POLICY.value,
-      seed=_SEED.value)
+      seed=_SEED.value, fused_xla_scope=_FUSED_XLA_SCOPE.value)
   print(f"Step-time benchmark: {config}", flush=True)
   results = suite.run(config, log=lambda line: print(line, flush=True))
   paths = report.write_outputs(results, config.out_dir)

@@ -53,6 +53,7 @@ class BenchConfig:
     dtype_policy: Keras dtype policy for the Keras models ("float32",
       "mixed_bfloat16", ...). The JAX peer stays float32.
     seed: weights and data.
+    fused_xla_scope: `trainer.fit`'s xla_scope in the tapefit fused variant.
   """
 
   models: Tuple[str, ...] = models.MODEL_NAMES
@@ -70,6 +71,7 @@ class BenchConfig:
   device: Optional[str] = None
   dtype_policy: str = "float32"
   seed: int = 0
+  fused_xla_scope: str = "auto"
 
   def __post_init__(self):
     unknown = [m for m in self.models if m not in models.SPECS]
@@ -127,7 +129,7 @@ def _measure_model(spec, config, rate, log, jax_status):
   for jit in config.xla_settings:
     for kind in variants.VARIANTS:
       variant = variants.Variant(spec, kind, jit, steps, per_step_feed=config.per_step_feed,
-                                 seed=config.seed)
+                                 seed=config.seed, xla_scope=config.fused_xla_scope)
       variant.setup()
       built.append(variant)
   for variant in built:
@@ -138,7 +140,8 @@ def _measure_model(spec, config, rate, log, jax_status):
     runners[variant.name] = variant.epoch
     entries[variant.name] = {
         "kind": kind, "xla": jit,
-        "label": variants.label(kind, variant.steps_per_execution) + (
+        "label": variants.label(kind, variant.steps_per_execution,
+                                variant.resolved_xla_scope()) + (
             " [arrays feed]" if kind == "tapefit_step" and config.per_step_feed == "arrays"
             else ""),
         "steps_per_execution": variant.steps_per_execution,
@@ -158,6 +161,17 @@ def _measure_model(spec, config, rate, log, jax_status):
                                    "label": "JAX + optax lax.scan peer",
                                    "steps_per_execution": steps, "feed": "arrays",
                                    "warmup_seconds": warm}
+        if jax_peer.PEERS[spec.name].clipnorm:
+          # The same peer without clipping and running means: what XLA itself
+          # spends on the work of tapefit's "clipping + metrics" stage share.
+          bare = jax_peer.Peer(jax_peer.PEERS[spec.name], x, y, spec.batch_size,
+                               seed=config.seed, bare=True)
+          warm = [timing.time_call(bare.epoch) for _ in range(config.warmup)]
+          runners["jax_scan_bare/xla"] = bare.epoch
+          entries["jax_scan_bare/xla"] = {
+              "kind": "jax_scan_bare", "xla": True,
+              "label": "JAX peer without clipping and running means",
+              "steps_per_execution": steps, "feed": "arrays", "warmup_seconds": warm}
       except Exception as error:  # pylint: disable=broad-except
         log(f"[{spec.name}] JAX peer failed, skipped: {type(error).__name__}: {error}")
         jax_status.setdefault("errors", {})[spec.name] = f"{type(error).__name__}: {error}"

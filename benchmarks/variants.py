@@ -26,6 +26,7 @@ import tensorflow as tf
 
 import trainer
 from benchmarks import models
+from trainer.functions import resolve_xla_scope
 
 VARIANTS = ("fit_default", "fit_best", "tapefit_step", "tapefit_fused")
 
@@ -37,10 +38,11 @@ VARIANT_LABELS = {
 }
 
 
-def label(kind, steps_per_execution):
-  """The table label of a variant, with its steps_per_execution."""
+def label(kind, steps_per_execution, xla_scope=None):
+  """The table label of a variant, with its steps_per_execution (and XLA scope)."""
   if kind == "tapefit_fused":
-    return f"{VARIANT_LABELS[kind]} (spe={steps_per_execution}, 1 call/epoch)"
+    scope = f", XLA scope {xla_scope}" if xla_scope else ""
+    return f"{VARIANT_LABELS[kind]} (spe={steps_per_execution}, 1 call/epoch{scope})"
   return f"{VARIANT_LABELS[kind]} (spe={steps_per_execution})"
 
 FIT_BEST_SPE = 32
@@ -57,6 +59,7 @@ class Variant:
     steps: optimizer steps per epoch (batches).
     per_step_feed: "dataset" or "arrays", for tapefit_step.
     seed: weights and data seed.
+    xla_scope: `trainer.fit`'s xla_scope, for tapefit_fused.
   """
 
   spec: models.ModelSpec
@@ -65,6 +68,7 @@ class Variant:
   steps: int
   per_step_feed: str = "dataset"
   seed: int = 0
+  xla_scope: str = "auto"
 
   def __post_init__(self):
     if self.kind not in VARIANTS:
@@ -94,6 +98,12 @@ class Variant:
       self.dataset = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(
           self.spec.batch_size).prefetch(tf.data.AUTOTUNE)
 
+  def resolved_xla_scope(self):
+    """"loop" or "step" for the fused variant under XLA; else None."""
+    if self.kind != "tapefit_fused" or not self.jit_compile:
+      return None
+    return resolve_xla_scope(self.model, self.xla_scope)
+
   def epoch(self):
     """One epoch of training: the timed unit."""
     bs = self.spec.batch_size
@@ -105,7 +115,7 @@ class Variant:
     else:
       trainer.fit(self.model, self.x, self.y, batch_size=bs, epochs=1, verbose=0,
                   shuffle=False, jit_compile=self.jit_compile,
-                  steps_per_execution=self.steps_per_execution)
+                  steps_per_execution=self.steps_per_execution, xla_scope=self.xla_scope)
 
   def release(self):
     self.model = None

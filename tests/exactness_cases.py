@@ -441,6 +441,14 @@ def data_regression_val():
   return {"x": x, "y": y, "validation_data": (xv, yv)}
 
 
+def data_regression_tensors():
+  """`tf.Tensor` inputs (already on the device), validation data too."""
+  data = data_regression_val()
+  xv, yv = data["validation_data"]
+  return {"x": tf.constant(data["x"]), "y": tf.constant(data["y"]),
+          "validation_data": (tf.constant(xv), tf.constant(yv))}
+
+
 # 2. Binary on sigmoid probabilities, Adam + clipvalue, class_weight,
 #    validation_freq=2.
 def build_binary_sigmoid():
@@ -848,6 +856,11 @@ CASES: List[Case] = [
          features="shuffle=True with steps_per_epoch=5 over 7 batches: one iterator "
                   "(one permutation) carried across epochs, then a new one",
          checks=[check_optimizer_state, check_callback_events]),
+    Case("tensor_inputs_val", build_regression_sgd, data_regression_tensors,
+         dict(batch_size=32, epochs=2, shuffle=True),
+         features="x, y and validation_data as tf.Tensors (the fused path keeps them on "
+                  "the device), shuffle=True, partial batch",
+         checks=[check_optimizer_state, check_val_epochs(2)]),
     # ---- XLA on ----
     Case("xla_sparse_softmax_bn_globalclip_spe4", build_xla_bn_spe4, data_classes_100,
          dict(batch_size=16, epochs=2), xla=True, rel=XLA_REL, reason=XLA_REASON,

@@ -73,3 +73,51 @@ def test_model_checkpoint_saves_the_same_best_model(tmp_path):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(saved_fit.optimizer.iterations.numpy(),
                                 saved_ours.optimizer.iterations.numpy())
+
+
+class _MetricReader(keras.callbacks.Callback):
+  """Reads every metric's state where fit has just reset it, and after each step."""
+
+  def __init__(self):
+    super().__init__()
+    self.seen = []
+
+  def _read(self, hook, index):
+    values = {m.name: tuple(float(keras.ops.convert_to_numpy(v)) for v in m.variables)
+              for m in self.model.metrics}
+    self.seen.append((hook, index, values))
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._read("epoch_begin", epoch)
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._read("batch_begin", batch)
+
+  def on_test_begin(self, logs=None):
+    self._read("test_begin", 0)
+
+  def on_test_batch_begin(self, batch, logs=None):
+    self._read("test_batch_begin", batch)
+
+
+def test_a_user_callback_sees_the_metrics_reset_where_fit_resets_them():
+  """With a user callback the reset stays a call of its own, before on_epoch_begin:
+  the callback reads the same (zeroed, then accumulated) metric state as under fit.
+  (With only Keras's callbacks the fused path folds the reset into the first call.)"""
+  x, y = synthetic.regression(96, 8)
+  reference, ours = _pair()
+  expected, got = _MetricReader(), _MetricReader()
+  kwargs = dict(batch_size=32, epochs=2, verbose=0, shuffle=False,
+                validation_data=(x[:40], y[:40]))
+  reference.fit(x, y, callbacks=[expected], **kwargs)
+  trainer.fit(ours, x, y, callbacks=[got], **kwargs)
+  # fit builds its compiled metrics in the first step, tapefit before it, so
+  # at the first on_epoch_begin only fit's have no variables yet: compare
+  # the states that exist on both sides.
+  assert [(h, i) for h, i, _ in got.seen] == [(h, i) for h, i, _ in expected.seen]
+  for (hook, index, ours_state), (_, _, fit_state) in zip(got.seen, expected.seen):
+    for name, state in fit_state.items():
+      if state:
+        assert ours_state[name] == state, (hook, index, name)
+  begins = [values for hook, _, values in expected.seen if hook == "epoch_begin"]
+  assert all(v == 0.0 for values in begins for state in values.values() for v in state)

@@ -45,7 +45,8 @@ def test_xla_program_does_not_depend_on_the_first_batch_index():
 
   def hlo(first, order):
     return compiled.steps.experimental_get_compiler_ir(
-        arrays.data, order, tf.constant(first), tf.constant(1), tf.constant(False))(
+        arrays.data, order, tf.constant(first), tf.constant(1), tf.constant(False),
+        tf.constant(True))(
             stage="hlo")
 
   assert hlo(0, None) == hlo(2, None)

@@ -33,9 +33,16 @@ class Batches:
 
 
 def _to_array(value):
+  """A NumPy array, float arrays cast to floatx; a tf.Tensor stays a tensor
+  (already on its device: no round trip through the host)."""
+  floatx = keras.config.floatx()
+  if isinstance(value, tf.Tensor):
+    if value.dtype.is_floating and value.dtype != tf.as_dtype(floatx):
+      value = tf.cast(value, floatx)
+    return value
   array = np.asarray(value)
-  if array.dtype.kind == "f" and array.dtype != np.dtype(keras.config.floatx()):
-    array = array.astype(keras.config.floatx())
+  if array.dtype.kind == "f" and array.dtype != np.dtype(floatx):
+    array = array.astype(floatx)
   return array
 
 

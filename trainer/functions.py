@@ -116,12 +116,14 @@ class FusedArraySteps:
     element_spec: the batch signature (`DeviceArrays.element_spec`).
     batch_size: samples per full batch.
     logs_fn: returns the logs after the last step (the model's metric results).
+    reset_fn: zeroes the metrics; a call with `reset=True` runs it before
+      its first step (the epoch's reset, without a call of its own).
     jit_compile: compile with XLA.
     xla_scope: "loop" or "step" (with `jit_compile`).
     run_eagerly: no `tf.function` at all (for debugging).
   """
 
-  def __init__(self, step, *, element_spec, batch_size, logs_fn, jit_compile=False,
+  def __init__(self, step, *, element_spec, batch_size, logs_fn, reset_fn, jit_compile=False,
                xla_scope="loop", run_eagerly=False):
     if xla_scope not in ("loop", "step"):
       raise ValueError(f'`xla_scope` ({xla_scope!r}) must be "loop" or "step" here.')
@@ -129,6 +131,7 @@ class FusedArraySteps:
     self.batch_size = batch_size
     self.xla_scope = xla_scope if jit_compile else None
     self.logs_fn = logs_fn
+    self.reset_fn = reset_fn
     self._concrete = {}
 
     def traced_step(batch):
@@ -145,12 +148,18 @@ class FusedArraySteps:
                                autograph=False)
     self._run_eagerly = run_eagerly
 
-  def _steps(self, data, order, first, count, with_last):
-    """Full batches first .. first+count-1, then the partial batch if `with_last`.
+  def _steps(self, data, order, first, count, with_last, reset):
+    """Resets the metrics if `reset`, then runs full batches first ..
+    first+count-1, then the partial batch if `with_last`.
 
     One graph holds both, so every step of an epoch runs from the same traced
     code (stateful RNG ops keep one state, as under `fit`).
     """
+    def reset_metrics():
+      self.reset_fn()
+      return tf.constant(True)
+
+    tf.cond(reset, reset_metrics, lambda: tf.constant(False))
     batch_at, last = epoch_layout(data, order, self.batch_size)
 
     def body(i):
@@ -175,19 +184,21 @@ class FusedArraySteps:
     if key not in self._concrete:
       self._concrete[key] = self.steps.get_concrete_function(
           data, order, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-          tf.TensorSpec([], tf.bool))
+          tf.TensorSpec([], tf.bool), tf.TensorSpec([], tf.bool))
     return self._concrete[key]
 
-  def run(self, arrays, order, begin, end):
+  def run(self, arrays, order, begin, end, reset=False):
     """Runs steps begin..end (clipped to the epoch) and returns the last logs.
 
-    `order` is `arrays.epoch_order()` for the current epoch.
+    `order` is `arrays.epoch_order()` for the current epoch; `reset` zeroes
+    the metrics first.
     """
     stop = min(end + 1, arrays.num_full_batches)
     count = max(stop - begin, 0)
     with_last = bool(arrays.remainder) and begin <= arrays.num_full_batches <= end
     return self.function_for(arrays.data, order)(
-        arrays.data, order, tf.constant(begin), tf.constant(count), tf.constant(with_last))
+        arrays.data, order, tf.constant(begin), tf.constant(count), tf.constant(with_last),
+        tf.constant(reset))
 
 
 XLA_SCOPES = ("auto", "loop", "step")

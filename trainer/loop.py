@@ -14,6 +14,7 @@ and the callback sequence are those of `Model.fit` / `Model.evaluate`:
     EMA copied into the weights; on_train_end
 """
 
+import numpy as np
 import tensorflow as tf
 from keras import tree
 
@@ -22,11 +23,12 @@ from trainer.functions import CompiledStep, FusedArraySteps, resolve_xla_scope
 from trainer.semantics import semantics_for
 
 
-def _check_data_against_model(semantics, model, x, y, class_weight):
+def _check_data_against_model(runner, x, y, class_weight):
   if isinstance(x, tf.data.Dataset) or x is None:
     return
+  model = runner.model
   try:
-    shapes = semantics.output_shapes(model, x)
+    shapes = runner.output_shapes(x)
   except Exception as error:  # pylint: disable=broad-except
     raise ValueError(
         f"`x` (shapes {[tuple(a.shape) for a in tree.flatten(x)]}) does not fit the "
@@ -49,6 +51,8 @@ class Runner:
     self._train = {}
     self._test = {}
     self._reset = {}
+    self._output_shapes = {}
+    self._xla_scopes = {}
 
   def _compiled(self, cache, step, element_spec):
     key = repr(element_spec)
@@ -58,6 +62,15 @@ class Runner:
           steps_per_execution=self.config.steps_per_execution,
           run_eagerly=self.config.run_eagerly)
     return cache[key]
+
+  def output_shapes(self, x):
+    """The model's per-output shapes for inputs shaped like `x` (symbolic; cached
+    per input signature, since every `fit` call checks its data against them)."""
+    key = repr([(path, tuple(np.shape(a)[1:]), str(getattr(a, "dtype", type(a))))
+                for path, a in tree.flatten_with_path(x)])
+    if key not in self._output_shapes:
+      self._output_shapes[key] = self.semantics.output_shapes(self.model, x)
+    return self._output_shapes[key]
 
   def reset_metrics(self):
     """Zeroes every metric's state, at the start of each epoch and evaluation.
@@ -84,13 +97,16 @@ class Runner:
     return self._compiled(self._test, self.test_step, element_spec)
 
   def fused_function(self, training, element_spec, batch_size):
-    scope = resolve_xla_scope(self.model, self.xla_scope)
+    if self.xla_scope not in self._xla_scopes:
+      self._xla_scopes[self.xla_scope] = resolve_xla_scope(self.model, self.xla_scope)
+    scope = self._xla_scopes[self.xla_scope]
     key = ("fused", training, repr(element_spec), batch_size, scope)
     cache = self._train if training else self._test
     if key not in cache:
       cache[key] = FusedArraySteps(
           self.train_step if training else self.test_step, element_spec=element_spec,
           batch_size=batch_size, logs_fn=lambda: self.semantics.results(self.model),
+          reset_fn=lambda: self.semantics.reset_metrics(self.model),
           jit_compile=self.config.jit_compile, xla_scope=scope,
           run_eagerly=self.config.run_eagerly)
     return cache[key]
@@ -145,12 +161,15 @@ class IteratorFeed:
   def num_batches(self):
     return self.steps.num_batches
 
-  def run_epoch(self, on_begin, on_end, should_stop):
+  folds_reset = False  # The metrics are reset by a call of their own.
+
+  def run_epoch(self, on_begin, on_end, should_stop, reset=False):
     """Runs one epoch of executions with the batch hooks around each.
 
     Returns the logs of the last execution (the metric results after it), or
     None when no step ran.
     """
+    del reset  # Never asked for: folds_reset is False.
     logs = None
     iterator = self.steps.iterator()
     for begin, end in self.steps.executions():
@@ -178,17 +197,24 @@ class FusedFeed:
   def num_batches(self):
     return self.arrays.num_batches
 
-  def run_epoch(self, on_begin, on_end, should_stop):
-    """As `IteratorFeed.run_epoch`; returns the last execution's logs."""
+  folds_reset = True  # The first call of an epoch can reset the metrics itself.
+
+  def run_epoch(self, on_begin, on_end, should_stop, reset=False):
+    """As `IteratorFeed.run_epoch`; returns the last execution's logs.
+
+    `reset`: the first execution zeroes the metrics before its first step.
+    """
     logs = None
     order = self.arrays.epoch_order()
     for begin in range(0, self.arrays.num_batches, self.steps_per_execution):
       end = begin + self.steps_per_execution - 1
       on_begin(begin)
-      logs = self.function.run(self.arrays, order, begin, end)
+      logs = self.function.run(self.arrays, order, begin, end, reset=reset and begin == 0)
       on_end(end, logs)
       if should_stop():
         break
+    if reset and logs is None:  # No step ran: reset on its own.
+      self.function.reset_fn()
     return logs
 
 
@@ -225,10 +251,10 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   checks.check_arrays(x, y, sample_weight, class_weight)
   checks.check_xla_scope(xla_scope)
   runner = _runner(model, jit_compile, steps_per_execution, xla_scope)
-  _check_data_against_model(runner.semantics, model, x, y, class_weight)
+  _check_data_against_model(runner, x, y, class_weight)
   checks.check_has_loss(model, x, y)
   val_x, val_y, val_sw = checks.check_validation_data(
-      model, validation_data, output_shapes=runner.semantics.output_shapes)
+      model, validation_data, output_shapes=lambda _, val_x: runner.output_shapes(val_x))
 
   train_feed = runner.feed(True, x, y, sample_weight, batch_size=batch_size,
                            shuffle=shuffle, class_weight=class_weight, steps=steps_per_epoch)
@@ -246,11 +272,14 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
   _begin_run(runner, training=True)
   callbacks.on_train_begin()
   training_logs = None
+  fold_reset = train_feed.folds_reset and _callbacks_leave_metrics_alone(callbacks)
   for epoch in range(initial_epoch, epochs):
-    runner.reset_metrics()
+    if not fold_reset:
+      runner.reset_metrics()
     callbacks.on_epoch_begin(epoch)
     logs = train_feed.run_epoch(callbacks.on_train_batch_begin,
-                                callbacks.on_train_batch_end, lambda: model.stop_training)
+                                callbacks.on_train_batch_end, lambda: model.stop_training,
+                                reset=fold_reset)
     # The last execution returned every metric's result after the last step:
     # the epoch's values, without reading the metrics again.
     epoch_logs = dict(runner.semantics.results(model) if logs is None else logs)
@@ -265,6 +294,19 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     runner.train_step.finalize()
   callbacks.on_train_end(logs=training_logs)
   return model.history
+
+
+def _callbacks_leave_metrics_alone(callbacks):
+  """True when only Keras's own callbacks run (History, progress bar, ...).
+
+  None of them reads a metric between the epoch's reset and its first step
+  (`on_epoch_begin`, `on_*_batch_begin` of step 0), so the reset can run
+  inside the first compiled call instead of a call of its own. A user's
+  callback might read them there, so with one the reset stays where `fit`
+  has it: before `on_epoch_begin`.
+  """
+  return all(type(c).__module__.startswith(("keras.", "tf_keras."))
+             for c in callbacks.callbacks)
 
 
 def _begin_run(runner, training):
@@ -291,9 +333,11 @@ def _evaluate(runner, feed, callbacks):
   model.stop_evaluating = False
   _begin_run(runner, training=False)
   callbacks.on_test_begin()
-  runner.reset_metrics()
+  fold_reset = feed.folds_reset and _callbacks_leave_metrics_alone(callbacks)
+  if not fold_reset:
+    runner.reset_metrics()
   logs = feed.run_epoch(callbacks.on_test_batch_begin, callbacks.on_test_batch_end,
-                        lambda: model.stop_evaluating)
+                        lambda: model.stop_evaluating, reset=fold_reset)
   if logs is None:
     logs = runner.semantics.results(model)
   logs = {k: float(v) for k, v in logs.items()}
@@ -321,7 +365,7 @@ def evaluate(model, x=None, y=None, batch_size=None, sample_weight=None, verbose
   checks.check_arrays(x, y, sample_weight, None)
   checks.check_xla_scope(xla_scope)
   runner = _runner(model, jit_compile, steps_per_execution, xla_scope)
-  _check_data_against_model(runner.semantics, model, x, y, None)
+  _check_data_against_model(runner, x, y, None)
   checks.check_has_loss(model, x, y)
   feed = runner.feed(False, x, y, sample_weight, batch_size=batch_size, steps=steps)
   if not isinstance(callbacks, runner.semantics.callbacks.CallbackList):

@@ -52,7 +52,8 @@ class Keras3Semantics:
   def output_shapes(model, x):
     """Per-output shapes of `model` on inputs shaped like `x`, without running it."""
     def spec(a):
-      return keras.KerasTensor((None,) + tuple(a.shape[1:]), dtype=str(a.dtype))
+      return keras.KerasTensor((None,) + tuple(a.shape[1:]),
+                               dtype=keras.backend.standardize_dtype(a.dtype))
 
     outputs = model.compute_output_spec(tree.map_structure(spec, tree.lists_to_tuples(x)))
     return [tuple(o.shape) for o in tree.flatten(outputs)]
