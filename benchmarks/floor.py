@@ -117,6 +117,7 @@ class ConvProbe:
   def __init__(self, layers, batch_size, device=None):
     context = tf.device(device) if device else contextlib.nullcontext()
     self.flops = 0.0
+    self.forward_flops = 0.0
     self.shapes = []
     with context:
       self.inputs, self.kernels = [], []
@@ -126,6 +127,7 @@ class ConvProbe:
         self.kernels.append(tf.random.stateless_normal(kernel_shape, seed=(i, 2)))
         macs = batch_size * math.prod(out_shape) * math.prod(kernel_shape[:3])
         self.flops += 2.0 * macs * (3 if i > 0 else 2)
+        self.forward_flops += 2.0 * macs
         self.shapes.append((x_shape, tuple(kernel_shape), strides, padding, i > 0))
 
     @tf.function
@@ -165,6 +167,16 @@ class ConvProbe:
     return self._run(self.inputs, self.kernels).numpy()
 
   def rate(self, seconds):
-    return {"flops": self.flops, "repeats": len(seconds),
+    return {"flops": self.flops, "forward_flops": self.forward_flops,
+            "repeats": len(seconds), "seconds": list(seconds),
+            "median_s": statistics.median(seconds), "min_s": min(seconds),
             "gflops": self.flops / statistics.median(seconds) / 1e9,
             "gflops_best": self.flops / min(seconds) / 1e9}
+
+
+def kernel_floor_us(flops, conv, matmul_gflops, stat="median"):
+  """The step's floor with its convolutions at their measured rate (`conv`:
+  `ConvProbe.rate(...)`) and everything else at the matmul rate, in µs."""
+  conv_s = conv["median_s"] if stat == "median" else conv["min_s"]
+  rest = flops - 3.0 * conv["forward_flops"]
+  return (conv_s + rest / (matmul_gflops * 1e9)) * 1e6

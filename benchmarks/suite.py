@@ -24,6 +24,7 @@ import tensorflow as tf
 from benchmarks import floor, jax_peer, models, stages, timing, variants
 
 XLA_CHOICES = ("both", "on", "off")
+CONV = "__conv_probe__"
 MATMUL = "matmul"  # The rate probe's name among each model's interleaved runners.
 PER_STEP_FEEDS = ("dataset", "arrays")
 
@@ -114,6 +115,7 @@ def _measure_model(spec, config, rate, log, jax_status):
   capped_steps = config.steps is not None and steps < config.steps
   probe = models.build_compiled(spec, seed=config.seed)
   flops = models.train_flops_per_step(probe, spec.batch_size)
+  conv = floor.ConvProbe.for_model(probe, spec.batch_size, device=config.device)
   del probe
   log(f"[{spec.name}] {spec.description}; {steps} steps/epoch"
       f"{' (capped by the model)' if capped_steps else ''}; "
@@ -128,6 +130,8 @@ def _measure_model(spec, config, rate, log, jax_status):
   built = []
   for jit in config.xla_settings:
     for kind in variants.VARIANTS:
+      if kind in variants.XLA_ONLY and not jit:
+        continue
       variant = variants.Variant(spec, kind, jit, steps, per_step_feed=config.per_step_feed,
                                  seed=config.seed, xla_scope=config.fused_xla_scope)
       variant.setup()
@@ -181,10 +185,12 @@ def _measure_model(spec, config, rate, log, jax_status):
   # The matmul rate is timed in the same rounds, under the same load.
   matmul = floor.MatmulProbe(config.matmul_n, device=config.device)
   runners[MATMUL] = matmul
+  if conv is not None:  # The model's convolutions alone, in the same rounds.
+    runners[CONV] = conv
 
   def progress(round_index, this_round):
     parts = ", ".join(f"{name} {_us(s, steps):.0f}" for name, s in sorted(this_round.items())
-                      if name != MATMUL)
+                      if name not in (MATMUL, CONV))
     rate_text = (f"; matmul {matmul.flops / this_round[MATMUL] / 1e9:.0f} GFLOP/s"
                  if MATMUL in this_round else "")
     log(f"[{spec.name}] round {round_index + 1}/{config.repeats} (us/step): {parts}"
@@ -194,6 +200,9 @@ def _measure_model(spec, config, rate, log, jax_status):
                                progress=progress)
   model_rate = matmul.rate(samples.pop(MATMUL))
   floor_us = flops / (model_rate["gflops"] * 1e9) * 1e6
+  conv_rate = conv.rate(samples.pop(CONV)) if conv is not None else None
+  kernel_us = (floor.kernel_floor_us(flops, conv_rate, model_rate["gflops"])
+               if conv_rate else None)
   for name, entry in entries.items():
     entry["samples_s"] = samples[name]
     stats = timing.summarize([_us(s, steps) for s in samples[name]])
@@ -215,7 +224,7 @@ def _measure_model(spec, config, rate, log, jax_status):
                  f"{config.budget_s:g} s of timed epochs (fewer than {config.repeats} samples)")
   return {"name": spec.name, "description": spec.description, "batch_size": spec.batch_size,
           "steps": steps, "flops_per_step": flops, "floor_us": floor_us,
-          "matmul": model_rate,
+          "matmul": model_rate, "conv": conv_rate, "kernel_floor_us": kernel_us,
           "variants": entries, "notes": notes}
 
 

@@ -6,6 +6,10 @@
                    iterator path, one step per compiled call, like fit
     tapefit_fused  trainer.fit on in-memory arrays with steps_per_execution =
                    batches per epoch: one compiled call (FusedArraySteps) per epoch
+    tapefit_fused_device
+                   the same with x and y passed as tf.Tensors already on the
+                   device (copied once at setup, as the JAX peer's arrays are);
+                   XLA on only
 
 Each variant owns a fresh model built from the same seed. `warmup()` runs
 whole epochs that are not recorded (tracing, XLA compilation, first-call
@@ -28,19 +32,23 @@ import trainer
 from benchmarks import models
 from trainer.functions import resolve_xla_scope
 
-VARIANTS = ("fit_default", "fit_best", "tapefit_step", "tapefit_fused")
+VARIANTS = ("fit_default", "fit_best", "tapefit_step", "tapefit_fused", "tapefit_fused_device")
+# Variants timed only with XLA on: the device-tensor row exists for the
+# comparison with the JAX peer, which is XLA-only.
+XLA_ONLY = ("tapefit_fused_device",)
 
 VARIANT_LABELS = {
     "fit_default": "fit defaults",
     "fit_best": "fit best",
     "tapefit_step": "tapefit per-step",
     "tapefit_fused": "tapefit fused",
+    "tapefit_fused_device": "tapefit fused, device tensors",
 }
 
 
 def label(kind, steps_per_execution, xla_scope=None):
   """The table label of a variant, with its steps_per_execution (and XLA scope)."""
-  if kind == "tapefit_fused":
+  if kind.startswith("tapefit_fused"):
     scope = f", XLA scope {xla_scope}" if xla_scope else ""
     return f"{VARIANT_LABELS[kind]} (spe={steps_per_execution}, 1 call/epoch{scope})"
   return f"{VARIANT_LABELS[kind]} (spe={steps_per_execution})"
@@ -85,7 +93,7 @@ class Variant:
   def steps_per_execution(self):
     if self.kind == "fit_best":
       return min(FIT_BEST_SPE, self.steps)
-    if self.kind == "tapefit_fused":
+    if self.kind.startswith("tapefit_fused"):
       return self.steps
     return 1
 
@@ -97,10 +105,13 @@ class Variant:
     if self.kind == "tapefit_step" and self.per_step_feed == "dataset":
       self.dataset = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(
           self.spec.batch_size).prefetch(tf.data.AUTOTUNE)
+    if self.kind == "tapefit_fused_device":
+      # Copied to the device once, as the JAX peer's arrays are (jax.device_put).
+      self.x, self.y = tf.constant(self.x), tf.constant(self.y)
 
   def resolved_xla_scope(self):
     """"loop" or "step" for the fused variant under XLA; else None."""
-    if self.kind != "tapefit_fused" or not self.jit_compile:
+    if not self.kind.startswith("tapefit_fused") or not self.jit_compile:
       return None
     return resolve_xla_scope(self.model, self.xla_scope)
 

@@ -42,12 +42,14 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
   results = suite.run(config, log=lines.append)
   paths = report.write_outputs(results, out_dir, log=lines.append)
 
-  expected = {f"{kind}/{xla}" for kind in variants.VARIANTS for xla in ("noxla", "xla")}
+  expected = {f"{kind}/{xla}" for kind in variants.VARIANTS for xla in ("noxla", "xla")
+              if xla == "xla" or kind not in variants.XLA_ONLY}
   with open(paths["json"], encoding="utf-8") as f:
     saved = json.load(f)
   got = set(saved["models"]["tiny"]["variants"])
   assert expected <= got
-  assert got - expected <= {"jax_scan/xla"}  # Present only where jax is installed.
+  # Present only where jax is installed.
+  assert got - expected <= {"jax_scan/xla", "jax_scan_bare/xla"}
   for entry in saved["models"]["tiny"]["variants"].values():
     assert len(entry["samples_s"]) == 1
     assert entry["us"]["n"] == 1
@@ -62,15 +64,18 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
 
   with open(paths["markdown"], encoding="utf-8") as f:
     markdown = f.read()
-  for label in variants.VARIANT_LABELS.values():
-    assert markdown.count(f"| tiny | {label} (spe=") == 2  # XLA off and on.
+  for kind, label in variants.VARIANT_LABELS.items():
+    runs = 1 if kind in variants.XLA_ONLY else 2  # XLA on (and off).
+    assert markdown.count(f"| tiny | {label} (spe=") == runs
   assert "## Stages of the fused XLA step" in markdown
   assert "clipping + metrics + loss tracker" in markdown
 
   ratios = report.format_ratios(results)
   assert "tiny: tapefit fused" in ratios
   assert "fit defaults" in ratios and "fit best" in ratios
-  if not results["jax"]["available"]:
+  if results["jax"]["available"]:
+    assert "the JAX peer spends" in ratios  # Its clipping + metrics share.
+  else:
     assert "not measured: jax not installed" in ratios
     assert any("jax/optax not installed" in line for line in lines)
   # One progress line per measurement group.
@@ -102,3 +107,26 @@ def test_carry_probe_runs_both_loops():
   result = carry_probe.measure(steps=3, repeats=1)
   assert set(result) == {"stateful", "functional"}
   assert all(value > 0 for value in result.values())
+
+
+def test_conv_probe_counts_the_step_convolutions_and_gives_the_kernel_floor():
+  import keras
+  from benchmarks import floor
+  inputs = keras.Input((8, 8, 2))
+  hidden = keras.layers.Conv2D(4, 3, padding="same")(inputs)            # 8x8x4 out
+  hidden = keras.layers.Conv2D(6, 3, strides=2, padding="valid")(hidden)  # 3x3x6 out
+  model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(hidden)))
+  probe = floor.ConvProbe.for_model(model, batch_size=4)
+  first, second = 2 * 4 * (8 * 8 * 4) * (3 * 3 * 2), 2 * 4 * (3 * 3 * 6) * (3 * 3 * 4)
+  assert probe.forward_flops == first + second
+  # The first layer's input gradient is never computed by a training step.
+  assert probe.flops == 2 * first + 3 * second
+  rate = probe.rate([0.5, 0.25, 1.0])
+  assert rate["median_s"] == 0.5 and rate["min_s"] == 0.25
+  # Floor = convolutions at their measured time + the rest at the matmul rate.
+  step_flops = 3 * (first + second) + 3 * 2 * 4 * 54
+  expected_us = (0.5 + (3 * 2 * 4 * 54) / 1e9) * 1e6
+  assert abs(floor.kernel_floor_us(step_flops, rate, 1.0) - expected_us) < 1e-6
+  assert probe() == probe()  # Runs (deterministic inputs).
+  dense_only = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  assert floor.ConvProbe.for_model(dense_only, batch_size=4) is None
