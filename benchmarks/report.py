@@ -79,7 +79,7 @@ def _ordered_rows(model):
 
 def main_table(results):
   lines = [
-      "| model | variant | XLA | time/step (median) | spread min–max [IQR] | n "
+      "| model | variant | XLA | time/step (median) | spread min–max [IQR] | n × epochs "
       "| speed-up vs fit defaults | speed-up vs fit best | FLOPs/step | × floor |",
       "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
   ]
@@ -94,7 +94,7 @@ def main_table(results):
       capped = " (budget-capped)" if entry.get("capped") else ""
       lines.append(
           f"| {name} | {entry['label']}{capped} | {'on' if entry['xla'] else 'off'} "
-          f"| {_fmt_us(us)} | {spread} | {stats['n']} "
+          f"| {_fmt_us(us)} | {spread} | {stats['n']}×{entry.get('epochs_per_sample', 1)} "
           f"| {_fmt_x(base_default / us if base_default else None)} "
           f"| {_fmt_x(base_best / us if base_best else None)} "
           f"| {model['flops_per_step'] / 1e6:.2f} M "
@@ -136,8 +136,10 @@ def format_markdown(results):
       "## Step time",
       "",
       f"Median time per optimizer step over {cfg['repeats']} interleaved rounds "
-      f"(one epoch per timed call, {cfg['warmup']} warm-up epoch(s) excluded); "
-      f"spread is min–max [IQR] over rounds. Speed-ups are fit's time / this row's "
+      f"({cfg['warmup']} warm-up epoch(s) excluded); a round's sample is the mean over "
+      f"back-to-back epochs lasting at least {cfg.get('min_sample_s', 0):g} s together "
+      f"('n × epochs': rounds × epochs per sample), with Python's garbage collected "
+      f"before each sample; spread is min–max [IQR] over rounds. Speed-ups are fit's time / this row's "
       f"time at the same XLA setting. Floor = FLOPs per step / the float32 "
       f"{rate['n']}^3 matmul rate measured in the same rounds (median; "
       + ", ".join(f"{name} {m['matmul']['gflops']:.0f}" for name, m in results["models"].items()

@@ -250,14 +250,15 @@ class StageBench:
     return _loop(body, count, tf.constant(0.0))
 
 
-def run_stages(spec, steps, repeats, warmup=1, *,
+def run_stages(spec, steps, repeats, warmup=1, *, min_sample_s=0.0,
                log: Optional[Callable[[str], None]] = print) -> Dict:
   """Times every stage of `spec`'s fused XLA step; returns raw seconds and summaries.
 
   A stage's cost by difference is the median over rounds of the paired
   difference (full loop - ablated loop, both timed in the same round), which
   cancels noise that drifts slower than a round; its spread is the IQR of
-  those paired differences.
+  those paired differences. `min_sample_s`: each sample repeats a loop
+  back to back until it lasts about this long (benchmarks.timing).
   """
   log = log or (lambda _: None)
   log(f"[stages {spec.name}] building and compiling the stage loops (XLA, "
@@ -277,8 +278,11 @@ def run_stages(spec, steps, repeats, warmup=1, *,
     text = "" if full is None else f" (full fused step {full / steps * 1e6:.0f} us/step)"
     log(f"[stages {spec.name}] round {round_index + 1}/{repeats}{text}")
 
+  calls = {name: timing.calls_for_duration(timing.time_call(fn) if min_sample_s else 0.0,
+                                           min_sample_s)
+           for name, fn in bench.functions.items()}
   # No budget: every loop runs every round, so the differences stay paired.
-  samples = timing.interleaved(bench.functions, repeats, progress=progress)
+  samples = timing.interleaved(bench.functions, repeats, progress=progress, calls=calls)
   # Per round: (time of `steps` iterations - time of 0 iterations) / steps.
   per_round = {"trainer_fit_fused": [s / steps * 1e6 for s in samples["trainer_fit_fused"]]}
   for name in bench.groups:

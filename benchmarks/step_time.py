@@ -54,6 +54,10 @@ _FUSED_XLA_SCOPE = flags.DEFINE_enum(
     "fused_xla_scope", "auto", ["auto", "loop", "step"],
     "What XLA compiles in the tapefit fused variant (trainer.fit's xla_scope): the whole "
     "loop, each step, or auto (step for convolution models on CPU).")
+_MIN_SAMPLE_S = flags.DEFINE_float(
+    "min_sample_s", 0.05,
+    "A timed sample repeats a variant's epoch back to back until it lasts about this "
+    "long, and records the mean (0: one epoch per sample).", lower_bound=0.0)
 
 
 def main(argv):
@@ -66,7 +70,8 @@ def main(argv):
       stage_repeats=_STAGE_REPEATS.value, jax=_JAX.value,
       budget_s=_BUDGET_S.value or None, per_step_feed=_PER_STEP_FEED.value,
       matmul_n=_MATMUL_N.value, device=_DEVICE.value, dtype_policy=_DTYPE_POLICY.value,
-      seed=_SEED.value, fused_xla_scope=_FUSED_XLA_SCOPE.value)
+      seed=_SEED.value, fused_xla_scope=_FUSED_XLA_SCOPE.value,
+      min_sample_s=_MIN_SAMPLE_S.value)
   print(f"Step-time benchmark: {config}", flush=True)
   results = suite.run(config, log=lambda line: print(line, flush=True))
   paths = report.write_outputs(results, config.out_dir)

@@ -55,6 +55,9 @@ class BenchConfig:
       "mixed_bfloat16", ...). The JAX peer stays float32.
     seed: weights and data.
     fused_xla_scope: `trainer.fit`'s xla_scope in the tapefit fused variant.
+    min_sample_s: a timed sample repeats a variant's epoch back to back until
+      it lasts about this long (from the warm-up time; 0: one epoch per
+      sample); the sample is the mean over those epochs.
   """
 
   models: Tuple[str, ...] = models.MODEL_NAMES
@@ -73,6 +76,7 @@ class BenchConfig:
   dtype_policy: str = "float32"
   seed: int = 0
   fused_xla_scope: str = "auto"
+  min_sample_s: float = 0.05
 
   def __post_init__(self):
     unknown = [m for m in self.models if m not in models.SPECS]
@@ -90,6 +94,8 @@ class BenchConfig:
         raise ValueError(f"`{name}` ({value!r}) must be a positive integer.")
     if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
       raise ValueError(f"`steps` ({self.steps!r}) must be a positive integer or None.")
+    if not (isinstance(self.min_sample_s, (int, float)) and self.min_sample_s >= 0):
+      raise ValueError(f"`min_sample_s` ({self.min_sample_s!r}) must be a number >= 0.")
     if self.budget_s is not None and not self.budget_s > 0:
       raise ValueError(f"`budget_s` ({self.budget_s!r}) must be positive or None.")
 
@@ -196,8 +202,15 @@ def _measure_model(spec, config, rate, log, jax_status):
     log(f"[{spec.name}] round {round_index + 1}/{config.repeats} (us/step): {parts}"
         f"{rate_text}")
 
+  # One more untimed epoch per variant, after every warm-up, sets how many
+  # epochs make one sample (the warm-up epochs include tracing and compiling).
+  calls = {}
+  for name, entry in entries.items():
+    once = timing.time_call(runners[name]) if config.min_sample_s else 0.0
+    calls[name] = timing.calls_for_duration(once, config.min_sample_s)
+    entry["epochs_per_sample"] = calls[name]
   samples = timing.interleaved(runners, config.repeats, budget_s=config.budget_s,
-                               progress=progress)
+                               progress=progress, calls=calls)
   model_rate = matmul.rate(samples.pop(MATMUL))
   floor_us = flops / (model_rate["gflops"] * 1e9) * 1e6
   conv_rate = conv.rate(samples.pop(CONV)) if conv is not None else None
@@ -262,7 +275,8 @@ def run(config: BenchConfig, log: Optional[Callable[[str], None]] = print):
             continue
           spec = models.SPECS[name]
           stage_results[name] = stages.run_stages(
-              spec, spec.steps(config.steps), config.stage_repeats, config.warmup, log=log)
+              spec, spec.steps(config.steps), config.stage_repeats, config.warmup,
+              min_sample_s=config.min_sample_s, log=log)
           keras.backend.clear_session()
       elif config.stages:
         log("Stage timing skipped: it runs under XLA and --xla=off.")

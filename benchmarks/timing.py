@@ -7,9 +7,19 @@ A round runs each variant once, starting at a different variant each round
 (round-robin rotation), so no variant always runs first after a pause or
 right after the heaviest one. Warm-up (compilation, first-call allocation)
 happens before the rounds and is never recorded.
+
+A sample can be several back-to-back calls (`calls`, chosen by
+`calls_for_duration` from the warm-up time) so that a variant whose call
+takes a few milliseconds is not timed at the resolution of the machine's
+noise; the sample is then the mean over its calls. Python's garbage from
+earlier variants is collected before every sample (as `timeit` does), so a
+fast variant does not pay for a slow one's allocations; the garbage a
+variant makes during its own sample stays in its time.
 """
 
 import dataclasses
+import gc
+import math
 import statistics
 import time
 from typing import Callable, Dict, List, Optional
@@ -22,9 +32,17 @@ def time_call(fn):
   return time.perf_counter() - start
 
 
+def calls_for_duration(seconds_per_call, min_sample_s, max_calls=100):
+  """Back-to-back calls per sample so that a sample lasts at least `min_sample_s`."""
+  if not min_sample_s or seconds_per_call <= 0:
+    return 1
+  return max(1, min(max_calls, math.ceil(min_sample_s / seconds_per_call)))
+
+
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, *,
                 budget_s: Optional[float] = None,
                 progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                calls: Optional[Dict[str, int]] = None,
                 ) -> Dict[str, List[float]]:
   """Runs `repeats` rounds of every function in `fns`; returns seconds per call.
 
@@ -35,8 +53,11 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, *,
       being run in later rounds (it keeps at least one sample), so one very
       slow variant cannot take the whole run; None: no cap.
     progress: called after each round with (round index, {name: seconds}).
+    calls: name -> back-to-back calls per sample (default 1); the sample is
+      their total time / calls.
   """
   names = list(fns)
+  calls = calls or {}
   samples = {name: [] for name in names}
   for round_index in range(repeats):
     shift = round_index % len(names) if names else 0
@@ -44,7 +65,13 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, *,
     for name in names[shift:] + names[:shift]:
       if budget_s is not None and samples[name] and sum(samples[name]) >= budget_s:
         continue
-      seconds = time_call(fns[name])
+      count = calls.get(name, 1)
+      fn = fns[name]
+      gc.collect()
+      start = time.perf_counter()
+      for _ in range(count):
+        fn()
+      seconds = (time.perf_counter() - start) / count
       samples[name].append(seconds)
       this_round[name] = seconds
     if progress is not None:

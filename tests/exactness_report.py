@@ -93,7 +93,8 @@ def markdown(rows):
       "(definitions in `tests/exactness_cases.py`).",
       "",
       f"Keras {keras.__version__}, TensorFlow {tf.__version__}, CPU. Both models start "
-      "from identical state (`fit_compare.copy_state`), `shuffle=False`. Compared: every "
+      "from identical state (`fit_compare.copy_state`), `shuffle=False` unless the case "
+      "sets it (the `shuffle_*` cases: the same seed, so fit's permutations). Compared: every "
       "History key for every epoch (incl. `val_*`), `evaluate` results, all final weights, "
       "`optimizer.iterations`; the extra checks also compare every optimizer variable "
       "(slots, accumulators, EMA, loss scale) and, where listed, callback logs and "

@@ -23,6 +23,24 @@ def test_interleaved_rotates_and_respects_the_budget():
   assert (stats.median, stats.min, stats.max, stats.n) == (2.5, 1.0, 4.0, 4)
 
 
+def test_a_sample_is_the_mean_of_its_back_to_back_calls_after_a_collection(monkeypatch):
+  clock = iter(range(100))
+  monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+  collected = []
+  monkeypatch.setattr(timing.gc, "collect", lambda: collected.append(True))
+  calls = []
+  fns = {"fast": lambda: calls.append("fast"), "slow": lambda: calls.append("slow")}
+  samples = timing.interleaved(fns, repeats=2, calls={"fast": 4})
+  # Each sample reads the clock twice (start, end): one tick per sample.
+  assert samples == {"fast": [1 / 4, 1 / 4], "slow": [1.0, 1.0]}
+  assert calls == ["fast"] * 4 + ["slow", "slow"] + ["fast"] * 4
+  assert len(collected) == 4
+  assert timing.calls_for_duration(0.005, 0.05) == 10
+  assert timing.calls_for_duration(0.2, 0.05) == 1
+  assert timing.calls_for_duration(1e-9, 0.05) == 100
+  assert timing.calls_for_duration(0.005, 0) == 1
+
+
 def test_flops_are_counted_from_the_layer_shapes():
   tiny = models.build_compiled(models.SPECS["tiny"])
   assert models.forward_macs_per_sample(tiny) == 32 * 64 + 64 * 64 + 64 * 1
