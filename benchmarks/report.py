@@ -31,7 +31,7 @@ VARIANT_HELP = {
     "tapefit_fused_device": "the same, with x and y passed as tf.Tensors already on "
                             "the device (copied once, as the JAX peer's arrays are)",
 }
-KIND_ORDER = variants.VARIANTS + ("jax_scan", "jax_scan_bare")
+KIND_ORDER = variants.VARIANTS + ("tf_raw_loop", "jax_scan", "jax_scan_bare")
 
 
 def _fmt_us(us):
@@ -150,7 +150,10 @@ def format_markdown(results):
   ]
   parts += ["", "Variants: " + "; ".join(f"**{variants.VARIANT_LABELS[k]}**: {text}"
                                         for k, text in VARIANT_HELP.items())
-            + "; **JAX + optax lax.scan peer**: the same MLP in JAX, one jitted "
+            + "; **hand-written TensorFlow XLA loop**: the tiny MLP's step (clipnorm, "
+            "Adam, L2, loss sum) in raw TensorFlow, one `tf.function(jit_compile=True)` "
+            "while loop per epoch, no Keras and no metrics (`benchmarks.carry_probe`)"
+            "; **JAX + optax lax.scan peer**: the same MLP in JAX, one jitted "
             "lax.scan per epoch; **JAX peer without clipping and running means**: the "
             "same peer minus the work of tapefit's clipping + metrics stage share."]
   notes = [n for m in results["models"].values() for n in m["notes"]]
@@ -197,6 +200,7 @@ def summary_ratios(results, stat="median"):
     # The JAX peer's arrays are on the device before its timed call, so it is
     # compared with the fused row whose x and y are too (when measured).
     device_us = _median(model["variants"].get("tapefit_fused_device/xla"), stat)
+    raw_tf_us = _median(model["variants"].get("tf_raw_loop/xla"), stat)
     row = {
         "tapefit_fused_us": fused_us, "tapefit_fused_xla": fused_xla,
         "fit_default_us": default_us, "fit_default_xla": default_used,
@@ -205,6 +209,8 @@ def summary_ratios(results, stat="median"):
         "vs_fit_default": default_us / fused_us if default_us else None,
         "vs_fit_best": best_us / fused_us if best_us else None,
         "vs_jax": (device_us or fused_us) / jax_us if jax_us else None,
+        "raw_tf_us": raw_tf_us,
+        "raw_tf_vs_jax": raw_tf_us / jax_us if raw_tf_us and jax_us else None,
         "floor_ratio": fused_us / floor_us if floor_us else None,
         "kernel_floor_ratio": None,
     }
@@ -264,6 +270,10 @@ def format_ratios(results):
       if "vs_jax" in target:
         text += (f" [target within {target['vs_jax']:g}x: "
                  f"{_verdict(row['vs_jax'] <= target['vs_jax'])}]")
+      if row["raw_tf_vs_jax"] is not None:
+        text += (f"; the hand-written TensorFlow XLA loop (no Keras, no metrics; "
+                 f"{_fmt_us(row['raw_tf_us'])}) vs the JAX peer: time ratio "
+                 f"{row['raw_tf_vs_jax']:.2f}x{also(name, 'raw_tf_vs_jax')}")
       parts.append(text)
     elif name in jax_peer.PEERS:
       parts.append(f"JAX peer: {jax_note}")

@@ -21,12 +21,14 @@ from typing import Callable, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from benchmarks import floor, jax_peer, models, stages, timing, variants
+from benchmarks import carry_probe, floor, jax_peer, models, stages, timing, variants
 
 XLA_CHOICES = ("both", "on", "off")
 CONV = "__conv_probe__"
 MATMUL = "matmul"  # The rate probe's name among each model's interleaved runners.
 PER_STEP_FEEDS = ("dataset", "arrays")
+# The model the hand-written TensorFlow loop (benchmarks.carry_probe) implements.
+RAW_TF_MODELS = ("tiny",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +189,21 @@ def _measure_model(spec, config, rate, log, jax_status):
         jax_status.setdefault("errors", {})[spec.name] = f"{type(error).__name__}: {error}"
     else:
       log(f"[{spec.name}] JAX peer {jax_peer.SKIP_MESSAGE}")
+
+  if spec.name in RAW_TF_MODELS and True in config.xla_settings:
+    # The same step in raw TensorFlow, no Keras and no metrics, in one XLA
+    # while loop: what TensorFlow's XLA itself reaches, next to the JAX peer.
+    stateful, _ = carry_probe.build(steps, seed=config.seed)
+
+    def raw_epoch():
+      stateful().numpy()
+
+    warm = [timing.time_call(raw_epoch) for _ in range(config.warmup)]
+    runners["tf_raw_loop/xla"] = raw_epoch
+    entries["tf_raw_loop/xla"] = {
+        "kind": "tf_raw_loop", "xla": True,
+        "label": "hand-written TensorFlow XLA loop (no Keras, no metrics)",
+        "steps_per_execution": steps, "feed": "arrays", "warmup_seconds": warm}
 
   # The matmul rate is timed in the same rounds, under the same load.
   matmul = floor.MatmulProbe(config.matmul_n, device=config.device)

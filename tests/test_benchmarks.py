@@ -66,11 +66,14 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
     saved = json.load(f)
   got = set(saved["models"]["tiny"]["variants"])
   assert expected <= got
+  assert "tf_raw_loop/xla" in got  # The hand-written TensorFlow loop, tiny only.
+  expected.add("tf_raw_loop/xla")
   # Present only where jax is installed.
   assert got - expected <= {"jax_scan/xla", "jax_scan_bare/xla"}
   for entry in saved["models"]["tiny"]["variants"].values():
     assert len(entry["samples_s"]) == 1
     assert entry["us"]["n"] == 1
+    assert entry["epochs_per_sample"] >= 1
   assert saved["config"]["models"] == ["tiny"]
   assert saved["matmul"]["gflops"] > 0
   assert saved["models"]["tiny"]["flops_per_step"] == 2 * 6208 * 3 * 64
@@ -93,6 +96,7 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
   assert "fit defaults" in ratios and "fit best" in ratios
   if results["jax"]["available"]:
     assert "the JAX peer spends" in ratios  # Its clipping + metrics share.
+    assert "the hand-written TensorFlow XLA loop" in ratios
   else:
     assert "not measured: jax not installed" in ratios
     assert any("jax/optax not installed" in line for line in lines)
