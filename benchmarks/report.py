@@ -152,7 +152,7 @@ def format_markdown(results):
                                         for k, text in VARIANT_HELP.items())
             + "; **hand-written TensorFlow XLA loop**: the tiny MLP's step (clipnorm, "
             "Adam, L2, loss sum) in raw TensorFlow, one `tf.function(jit_compile=True)` "
-            "while loop per epoch, no Keras and no metrics (`benchmarks.carry_probe`)"
+            "while loop per epoch, no Keras and no metrics (`benchmarks.raw_tf_loop`)"
             "; **JAX + optax lax.scan peer**: the same MLP in JAX, one jitted "
             "lax.scan per epoch; **JAX peer without clipping and running means**: the "
             "same peer minus the work of tapefit's clipping + metrics stage share."]

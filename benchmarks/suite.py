@@ -21,13 +21,13 @@ from typing import Callable, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from benchmarks import carry_probe, floor, jax_peer, models, stages, timing, variants
+from benchmarks import floor, jax_peer, models, raw_tf_loop, stages, timing, variants
 
 XLA_CHOICES = ("both", "on", "off")
 CONV = "__conv_probe__"
 MATMUL = "matmul"  # The rate probe's name among each model's interleaved runners.
 PER_STEP_FEEDS = ("dataset", "arrays")
-# The model the hand-written TensorFlow loop (benchmarks.carry_probe) implements.
+# The model the hand-written TensorFlow loop (benchmarks.raw_tf_loop) implements.
 RAW_TF_MODELS = ("tiny",)
 
 
@@ -193,7 +193,7 @@ def _measure_model(spec, config, rate, log, jax_status):
   if spec.name in RAW_TF_MODELS and True in config.xla_settings:
     # The same step in raw TensorFlow, no Keras and no metrics, in one XLA
     # while loop: what TensorFlow's XLA itself reaches, next to the JAX peer.
-    stateful, _ = carry_probe.build(steps, seed=config.seed)
+    stateful, _ = raw_tf_loop.build(steps, seed=config.seed)
 
     def raw_epoch():
       stateful().numpy()

@@ -152,3 +152,17 @@ def test_conv_probe_counts_the_step_convolutions_and_gives_the_kernel_floor():
   assert probe() == probe()  # Runs (deterministic inputs).
   dense_only = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
   assert floor.ConvProbe.for_model(dense_only, batch_size=4) is None
+
+
+def test_the_command_lines_define_their_flags_without_conflicts():
+  # Every benchmark module a command line imports defines its absl flags at most
+  # once per process (a second definition of a name aborts at import).
+  import subprocess
+  import sys
+  for module, flag in (("benchmarks.step_time", "--min_sample_s"),
+                       ("benchmarks.carry_probe", "--repeats")):
+    done = subprocess.run([sys.executable, "-m", module, "--helpshort"], capture_output=True,
+                          text=True, timeout=300, check=False)
+    # absl's --helpshort prints the module's flags and exits with status 1.
+    assert "Traceback" not in done.stderr, (module, done.stderr[-2000:])
+    assert flag in done.stdout, (module, done.stdout[-2000:])
