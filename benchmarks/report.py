@@ -31,7 +31,8 @@ VARIANT_HELP = {
     "tapefit_fused_device": "the same, with x and y passed as tf.Tensors already on "
                             "the device (copied once, as the JAX peer's arrays are)",
 }
-KIND_ORDER = variants.VARIANTS + ("tf_raw_loop", "jax_scan", "jax_scan_bare")
+KIND_ORDER = variants.VARIANTS + ("tf_raw_loop", "tf_raw_loop_noclip", "jax_scan",
+                                   "jax_scan_bare")
 
 
 def _fmt_us(us):
@@ -152,7 +153,8 @@ def format_markdown(results):
                                         for k, text in VARIANT_HELP.items())
             + "; **hand-written TensorFlow XLA loop**: the tiny MLP's step (clipnorm, "
             "Adam, L2, loss sum) in raw TensorFlow, one `tf.function(jit_compile=True)` "
-            "while loop per epoch, no Keras and no metrics (`benchmarks.raw_tf_loop`)"
+            "while loop per epoch, no Keras and no metrics (`benchmarks.raw_tf_loop`), "
+            "also timed without clipping"
             "; **JAX + optax lax.scan peer**: the same MLP in JAX, one jitted "
             "lax.scan per epoch; **JAX peer without clipping and running means**: the "
             "same peer minus the work of tapefit's clipping + metrics stage share."]
@@ -306,10 +308,15 @@ def format_ratios(results):
     text = (f"  {name}: {what} = {pct:.1f}% of the fused XLA step by difference "
             f"(IQR {low:.1f}–{high:.1f}%), {stage['clip_metrics_pct_alone']:.1f}% timed alone "
             f"[target <= {STAGE_TARGET_PCT:g}%: {_verdict(pct <= STAGE_TARGET_PCT)}]")
-    jax_pct = jax_clip_metrics_pct(results["models"].get(name, {}))
+    model = results["models"].get(name, {})
+    jax_pct = share_pct(model, "jax_scan/xla", "jax_scan_bare/xla")
     if jax_pct is not None:
       text += (f"; the JAX peer spends {jax_pct:.1f}% of its step on the same work "
                "(1 - bare peer / full peer, same rounds)")
+    raw_pct = share_pct(model, "tf_raw_loop/xla", "tf_raw_loop_noclip/xla")
+    if raw_pct is not None:
+      text += (f"; the hand-written TensorFlow XLA loop spends {raw_pct:.1f}% of its step "
+               "on clipnorm alone (1 - without clipping / with, same rounds)")
     lines.append(text)
   return "\n".join(lines)
 
@@ -319,11 +326,11 @@ def rate_of(results, name):
   return (model.get("matmul") or results["matmul"])["gflops"]
 
 
-def jax_clip_metrics_pct(model):
-  """100 * (1 - bare JAX peer / full JAX peer), or None when not measured."""
+def share_pct(model, full_name, bare_name):
+  """100 * (1 - bare / full) of two rows' medians, or None when not measured."""
   variants_ = model.get("variants", {})
-  full = _median(variants_.get("jax_scan/xla"))
-  bare = _median(variants_.get("jax_scan_bare/xla"))
+  full = _median(variants_.get(full_name))
+  bare = _median(variants_.get(bare_name))
   if not full or not bare:
     return None
   return 100.0 * (1.0 - bare / full)

@@ -41,6 +41,13 @@ def test_a_sample_is_the_mean_of_its_back_to_back_calls_after_a_collection(monke
   assert timing.calls_for_duration(0.005, 0) == 1
 
 
+def test_a_share_is_one_minus_the_ratio_of_two_rows_medians():
+  model = {"variants": {"full/xla": {"us": {"median": 80.0}},
+                        "bare/xla": {"us": {"median": 60.0}}}}
+  assert report.share_pct(model, "full/xla", "bare/xla") == 100.0 * (1.0 - 60.0 / 80.0)
+  assert report.share_pct(model, "full/xla", "missing/xla") is None
+
+
 def test_flops_are_counted_from_the_layer_shapes():
   tiny = models.build_compiled(models.SPECS["tiny"])
   assert models.forward_macs_per_sample(tiny) == 32 * 64 + 64 * 64 + 64 * 1
@@ -66,8 +73,10 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
     saved = json.load(f)
   got = set(saved["models"]["tiny"]["variants"])
   assert expected <= got
-  assert "tf_raw_loop/xla" in got  # The hand-written TensorFlow loop, tiny only.
-  expected.add("tf_raw_loop/xla")
+  # The hand-written TensorFlow loop, with and without clipping, tiny only.
+  raw = {"tf_raw_loop/xla", "tf_raw_loop_noclip/xla"}
+  assert raw <= got
+  expected |= raw
   # Present only where jax is installed.
   assert got - expected <= {"jax_scan/xla", "jax_scan_bare/xla"}
   for entry in saved["models"]["tiny"]["variants"].values():
@@ -93,10 +102,11 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
 
   ratios = report.format_ratios(results)
   assert "tiny: tapefit fused" in ratios
+  assert "the hand-written TensorFlow XLA loop spends" in ratios  # Its clipnorm share.
   assert "fit defaults" in ratios and "fit best" in ratios
   if results["jax"]["available"]:
     assert "the JAX peer spends" in ratios  # Its clipping + metrics share.
-    assert "the hand-written TensorFlow XLA loop" in ratios
+    assert "the hand-written TensorFlow XLA loop (no Keras, no metrics" in ratios
   else:
     assert "not measured: jax not installed" in ratios
     assert any("jax/optax not installed" in line for line in lines)
