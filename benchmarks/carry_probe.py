@@ -27,7 +27,6 @@ _STEPS = flags.DEFINE_integer("steps", 100, "Steps per compiled call.", lower_bo
 _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per variant.", lower_bound=1)
 
 
-
 def measure(steps, repeats):
   """{variant: median µs per step}, timed in alternation after two warm-up calls each."""
   import numpy as np

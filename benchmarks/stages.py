@@ -278,8 +278,7 @@ def run_stages(spec, steps, repeats, warmup=1, *, min_sample_s=0.0,
     text = "" if full is None else f" (full fused step {full / steps * 1e6:.0f} us/step)"
     log(f"[stages {spec.name}] round {round_index + 1}/{repeats}{text}")
 
-  calls = {name: timing.calls_for_duration(timing.time_call(fn) if min_sample_s else 0.0,
-                                           min_sample_s)
+  calls = {name: timing.calls_per_sample(fn, min_sample_s)
            for name, fn in bench.functions.items()}
   # No budget: every loop runs every round, so the differences stay paired.
   samples = timing.interleaved(bench.functions, repeats, progress=progress, calls=calls)

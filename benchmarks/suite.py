@@ -58,8 +58,9 @@ class BenchConfig:
     seed: weights and data.
     fused_xla_scope: `trainer.fit`'s xla_scope in the tapefit fused variant.
     min_sample_s: a timed sample repeats a variant's epoch back to back until
-      it lasts about this long (from the warm-up time; 0: one epoch per
-      sample); the sample is the mean over those epochs.
+      it lasts about this long (judged from one more untimed epoch after the
+      warm-up; 0: one epoch per sample); the sample is the mean over those
+      epochs.
   """
 
   models: Tuple[str, ...] = models.MODEL_NAMES
@@ -228,8 +229,7 @@ def _measure_model(spec, config, rate, log, jax_status):
   # epochs make one sample (the warm-up epochs include tracing and compiling).
   calls = {}
   for name, entry in entries.items():
-    once = timing.time_call(runners[name]) if config.min_sample_s else 0.0
-    calls[name] = timing.calls_for_duration(once, config.min_sample_s)
+    calls[name] = timing.calls_per_sample(runners[name], config.min_sample_s)
     entry["epochs_per_sample"] = calls[name]
   samples = timing.interleaved(runners, config.repeats, budget_s=config.budget_s,
                                progress=progress, calls=calls)

@@ -9,7 +9,7 @@ right after the heaviest one. Warm-up (compilation, first-call allocation)
 happens before the rounds and is never recorded.
 
 A sample can be several back-to-back calls (`calls`, chosen by
-`calls_for_duration` from the warm-up time) so that a variant whose call
+`calls_per_sample` from one more untimed call after warm-up) so that a variant whose call
 takes a few milliseconds is not timed at the resolution of the machine's
 noise; the sample is then the mean over its calls. Python's garbage from
 earlier variants is collected before every sample (as `timeit` does), so a
@@ -37,6 +37,14 @@ def calls_for_duration(seconds_per_call, min_sample_s, max_calls=100):
   if not min_sample_s or seconds_per_call <= 0:
     return 1
   return max(1, min(max_calls, math.ceil(min_sample_s / seconds_per_call)))
+
+
+def calls_per_sample(fn, min_sample_s):
+  """Back-to-back calls of `fn` per sample, enough to last `min_sample_s`, judged
+  from one extra call that is not recorded (1, and no call, when it is 0)."""
+  if not min_sample_s:
+    return 1
+  return calls_for_duration(time_call(fn), min_sample_s)
 
 
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, *,

@@ -39,6 +39,9 @@ def test_a_sample_is_the_mean_of_its_back_to_back_calls_after_a_collection(monke
   assert timing.calls_for_duration(0.2, 0.05) == 1
   assert timing.calls_for_duration(1e-9, 0.05) == 100
   assert timing.calls_for_duration(0.005, 0) == 1
+  ran = []
+  assert timing.calls_per_sample(lambda: ran.append(1), 0) == 1 and not ran
+  assert timing.calls_per_sample(lambda: ran.append(1), 1e-12) == 1 and ran == [1]
 
 
 def test_a_share_is_one_minus_the_ratio_of_two_rows_medians():
