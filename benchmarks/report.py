@@ -130,6 +130,33 @@ def stage_table(results):
   return "\n".join(lines)
 
 
+def exactness_table(results):
+  """trainer.fit fused vs Model.fit in the timed configuration; '' when not checked."""
+  rows = [(name, key, check) for name, m in results["models"].items()
+          for key, check in m.get("exactness", {}).items()]
+  if not rows:
+    return ""
+  lines = ["| model | XLA | bar | max abs diff History | evaluate | weights | max rel diff "
+           "| iterations (fit / tapefit) | result |",
+           "|---|---|---|---:|---:|---:|---:|---|---|"]
+  for name, key, check in rows:
+    xla = "on" if key == "xla" else "off"
+    if "max_abs" not in check:
+      lines.append(f"| {name} | {xla} | | | | | | | {check['verdict']} |")
+      continue
+    a = check["max_abs"]
+    lines.append(
+        f"| {name} | {xla} | {check['bar']} | {_fmt_diff(a['history'])} "
+        f"| {_fmt_diff(a['evaluate'])} | {_fmt_diff(a['weights'])} "
+        f"| {_fmt_diff(check['max_rel'])} | {check['iterations'][0]} / "
+        f"{check['iterations'][1]} | {'holds' if check['holds'] else 'FAILS'} |")
+  return "\n".join(lines)
+
+
+def _fmt_diff(value):
+  return "0" if value == 0 else f"{value:.3g}"
+
+
 def format_markdown(results):
   cfg = results["config"]
   rate = results["matmul"]
@@ -163,6 +190,18 @@ def format_markdown(results):
     notes.append(f"JAX peer {jax_peer.SKIP_MESSAGE}.")
   if notes:
     parts += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+  exact_md = exactness_table(results)
+  if exact_md:
+    epochs = next(c["epochs"] for m in results["models"].values()
+                  for c in m.get("exactness", {}).values())
+    parts += ["", "## Numbers against Model.fit", "",
+              f"The tapefit fused configuration (steps_per_execution = batches per epoch, "
+              f"the run's XLA scope) and `Model.fit` trained from the same weights for "
+              f"{epochs} epochs on the benchmark's data, then evaluated "
+              f"(`benchmarks.suite.check_numbers`). Columns: max |fit - tapefit| over "
+              f"every History value, the evaluate results and the final weights; 0 is "
+              f"bit-identical. The bar is the exactness matrix's: bit-identical with XLA "
+              f"off, within 1e-6 relative with XLA on.", "", exact_md]
   stages_md = stage_table(results)
   if stages_md:
     parts += ["", "## Stages of the fused XLA step", "",
@@ -231,8 +270,12 @@ def format_ratios(results):
   lines = ["Ratios: tapefit fused (best of XLA on/off) vs fit defaults (jit_compile as "
            "compile's \"auto\" resolves here), vs fit best (spe=min(32, batches), best of XLA on/off), "
            "vs the JAX lax.scan peer"]
-  jax_note = ("not measured: jax not installed" if not results["jax"]["available"]
-              else "not measured")
+  if not results["jax"]["requested"]:
+    jax_note = "not measured (--nojax)"
+  elif not results["jax"]["available"]:
+    jax_note = "not measured: jax not installed"
+  else:
+    jax_note = "not measured"
   fastest = summary_ratios(results, "min")
   lines[0] += (". Speed-up = baseline time / tapefit time (> 1: tapefit faster); "
                "time ratio = tapefit time / other (< 1: tapefit faster). By medians; in "
@@ -299,6 +342,9 @@ def format_ratios(results):
     elif row["floor_ratio"] is not None:
       parts.append(f"vs the FLOP floor: time ratio {row['floor_ratio']:.2f}x"
                    f"{also(name, 'floor_ratio')}")
+    for key, check in results["models"][name].get("exactness", {}).items():
+      parts.append(f"numbers vs Model.fit (XLA {'on' if key == 'xla' else 'off'}): "
+                   f"{check['verdict']}")
     lines.append("  " + "; ".join(parts))
   for name, stage in (results.get("stages") or {}).items():
     pct = stage["clip_metrics_pct_difference"]

@@ -59,6 +59,11 @@ _MIN_SAMPLE_S = flags.DEFINE_float(
     "A timed sample repeats a variant's epoch back to back until it lasts about this "
     "long, and records the mean (0: one epoch per sample).", lower_bound=0.0)
 
+_EXACTNESS = flags.DEFINE_bool(
+    "exactness", True,
+    "After the timing, also train the tapefit fused configuration and Model.fit from the "
+    "same weights and report how far apart their numbers are.")
+
 
 def main(argv):
   if len(argv) > 1:
@@ -71,7 +76,7 @@ def main(argv):
       budget_s=_BUDGET_S.value or None, per_step_feed=_PER_STEP_FEED.value,
       matmul_n=_MATMUL_N.value, device=_DEVICE.value, dtype_policy=_DTYPE_POLICY.value,
       seed=_SEED.value, fused_xla_scope=_FUSED_XLA_SCOPE.value,
-      min_sample_s=_MIN_SAMPLE_S.value)
+      min_sample_s=_MIN_SAMPLE_S.value, exactness=_EXACTNESS.value)
   print(f"Step-time benchmark: {config}", flush=True)
   results = suite.run(config, log=lambda line: print(line, flush=True))
   paths = report.write_outputs(results, config.out_dir)

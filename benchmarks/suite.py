@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from benchmarks import floor, jax_peer, models, raw_tf_loop, stages, timing, variants
+from trainer import compare
 
 XLA_CHOICES = ("both", "on", "off")
 CONV = "__conv_probe__"
@@ -29,6 +30,8 @@ MATMUL = "matmul"  # The rate probe's name among each model's interleaved runner
 PER_STEP_FEEDS = ("dataset", "arrays")
 # The model the hand-written TensorFlow loop (benchmarks.raw_tf_loop) implements.
 RAW_TF_MODELS = ("tiny",)
+# Epochs of the exactness check: the second reuses the first one's functions.
+EXACTNESS_EPOCHS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,10 @@ class BenchConfig:
       it lasts about this long (judged from one more untimed epoch after the
       warm-up; 0: one epoch per sample); the sample is the mean over those
       epochs.
+    exactness: after the timing, train the tapefit fused configuration and
+      `Model.fit` from the same weights for EXACTNESS_EPOCHS epochs, per XLA
+      setting, and record how far apart their History, evaluate results and
+      weights are (the speed is only worth quoting at fit's numbers).
   """
 
   models: Tuple[str, ...] = models.MODEL_NAMES
@@ -80,6 +87,7 @@ class BenchConfig:
   seed: int = 0
   fused_xla_scope: str = "auto"
   min_sample_s: float = 0.05
+  exactness: bool = True
 
   def __post_init__(self):
     unknown = [m for m in self.models if m not in models.SPECS]
@@ -246,6 +254,12 @@ def _measure_model(spec, config, rate, log, jax_status):
     entry["floor_ratio"] = stats.median / floor_us if floor_us else None
   for variant in built:
     variant.release()
+  exactness = {}
+  if config.exactness:
+    for jit in config.xla_settings:
+      exactness["xla" if jit else "noxla"] = check_numbers(spec, steps, jit, config)
+      log(f"[{spec.name}] numbers vs Model.fit, XLA {'on' if jit else 'off'}: "
+          f"{exactness['xla' if jit else 'noxla']['verdict']}")
   notes = []
   if capped_steps:
     notes.append(f"{spec.name}: {steps} steps/epoch (capped from {config.steps}: slow "
@@ -260,7 +274,43 @@ def _measure_model(spec, config, rate, log, jax_status):
   return {"name": spec.name, "description": spec.description, "batch_size": spec.batch_size,
           "steps": steps, "flops_per_step": flops, "floor_us": floor_us,
           "matmul": model_rate, "conv": conv_rate, "kernel_floor_us": kernel_us,
-          "variants": entries, "notes": notes}
+          "variants": entries, "notes": notes, "exactness": exactness}
+
+
+def check_numbers(spec, steps, jit_compile, config):
+  """trainer.fit fused against Model.fit, in the timed configuration.
+
+  Both models start from the same weights (`trainer.compare.run_both`) and
+  train EXACTNESS_EPOCHS epochs on the benchmark's data with the fused
+  variant's settings (steps_per_execution = batches per epoch, the run's
+  xla_scope), then evaluate. Returns the max |keras - tapefit| per group,
+  the max relative difference, the bar (bit-identical with XLA off, within
+  `compare.XLA_REL_BOUND` relative with XLA on) and whether it holds.
+  """
+  x, y = models.make_data(spec, steps, config.seed)
+  comparison = compare.run_both(
+      lambda: models.build_compiled(spec, jit_compile=jit_compile,
+                                    steps_per_execution=steps, seed=config.seed),
+      x, y, batch_size=spec.batch_size, epochs=EXACTNESS_EPOCHS, shuffle=False,
+      tapefit_kwargs={"xla_scope": config.fused_xla_scope})
+  same_run = (sorted(comparison.keras_history) == sorted(comparison.tapefit_history)
+              and comparison.keras_iterations == comparison.tapefit_iterations)
+  if not same_run:
+    return {"epochs": EXACTNESS_EPOCHS, "holds": False, "verdict": (
+        f"FAILS: History keys {sorted(comparison.keras_history)} vs "
+        f"{sorted(comparison.tapefit_history)}, iterations {comparison.keras_iterations} vs "
+        f"{comparison.tapefit_iterations}")}
+  absolute, max_rel = comparison.measure()
+  if jit_compile:
+    bar, holds = f"within {compare.XLA_REL_BOUND:g} relative", max_rel <= compare.XLA_REL_BOUND
+  else:
+    bar, holds = "bit-identical", max(absolute.values()) == 0
+  return {"epochs": EXACTNESS_EPOCHS, "max_abs": absolute, "max_rel": max_rel, "bar": bar,
+          "holds": bool(holds),
+          "iterations": [comparison.keras_iterations, comparison.tapefit_iterations],
+          "verdict": (f"{'holds' if holds else 'FAILS'} ({bar}; max |diff| History "
+                      f"{absolute['history']:.3g}, evaluate {absolute['evaluate']:.3g}, "
+                      f"weights {absolute['weights']:.3g}; max rel {max_rel:.3g})")}
 
 
 def run(config: BenchConfig, log: Optional[Callable[[str], None]] = print):

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover
 D = 8        # input features
 UNITS = 16   # hidden units
 SEED = 1234  # fit_compare.run_both seeds every build() with this
-XLA_REL = 1e-6
+XLA_REL = fit_compare.XLA_REL_BOUND
 
 
 # ---------------------------------------------------------------------------

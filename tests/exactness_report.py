@@ -23,35 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import exactness_cases as cases  # noqa: E402
-
-
-def _diffs(a, b):
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  same = (a == b) | (np.isnan(a) & np.isnan(b))
-  with np.errstate(invalid="ignore", divide="ignore"):
-    absolute = np.where(same, 0.0, np.abs(a - b))
-    absolute = np.where(np.isnan(absolute), np.inf, absolute)
-    relative = np.where(same, 0.0, np.where(a == 0, np.inf, absolute / np.abs(a)))
-  return absolute, relative
-
-
-def measure(comparison):
-  """{"history"|"evaluate"|"weights": max abs diff} and the max relative diff."""
-  out = {"history": 0.0, "evaluate": 0.0, "weights": 0.0}
-  max_rel = 0.0
-  for name, (a, b) in comparison.differences().items():
-    group = {"history": "history", "evaluate": "evaluate", "weight": "weights"}[
-        name.split("/")[0]]
-    absolute, relative = _diffs(a, b)
-    if absolute.size:
-      out[group] = max(out[group], float(np.max(absolute)))
-      max_rel = max(max_rel, float(np.max(relative)))
-  return out, max_rel
 
 
 def _fmt(value):
@@ -75,7 +49,7 @@ def run(selected):
         check(result)
     except AssertionError as error:
       status = "FAIL: " + str(error).splitlines()[0][:120]
-    absolute, max_rel = measure(result.comparison)
+    absolute, max_rel = result.comparison.measure()
     c = result.comparison
     rows.append(dict(case=case, absolute=absolute, max_rel=max_rel, status=status,
                      iterations=f"{c.keras_iterations} / {c.tapefit_iterations}",

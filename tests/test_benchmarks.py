@@ -9,6 +9,7 @@ import os
 import pytest
 
 from benchmarks import models, report, suite, timing, variants
+from tests import fit_compare
 
 
 def test_interleaved_rotates_and_respects_the_budget():
@@ -91,6 +92,13 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
   assert saved["models"]["tiny"]["flops_per_step"] == 2 * 6208 * 3 * 64
   assert saved["models"]["tiny"]["matmul"]["gflops"] > 0  # Timed in the same rounds.
   assert saved["models"]["tiny"]["floor_us"] > 0
+  # The timed fused configuration trains to fit's numbers (2 epochs, same weights).
+  exact = saved["models"]["tiny"]["exactness"]
+  assert set(exact) == {"noxla", "xla"}
+  assert exact["noxla"]["holds"] and exact["noxla"]["bar"] == "bit-identical"
+  assert exact["noxla"]["max_abs"] == {"history": 0.0, "evaluate": 0.0, "weights": 0.0}
+  assert exact["xla"]["holds"] and exact["xla"]["max_rel"] <= fit_compare.XLA_REL_BOUND
+  assert exact["xla"]["iterations"] == [2 * 3, 2 * 3]
   stage_names = {row["stage"] for row in saved["stages"]["tiny"]["rows"]}
   assert {"forward", "losses", "gradients", "clip_norm", "clip_value", "clip_global_norm",
           "apply", "metrics", "clipping + metrics + loss tracker"} <= stage_names
@@ -101,10 +109,13 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
     runs = 1 if kind in variants.XLA_ONLY else 2  # XLA on (and off).
     assert markdown.count(f"| tiny | {label} (spe=") == runs
   assert "## Stages of the fused XLA step" in markdown
+  assert "## Numbers against Model.fit" in markdown
+  assert markdown.count("| tiny | off | bit-identical | 0 | 0 | 0 | 0 | 6 / 6 | holds |") == 1
   assert "clipping + metrics + loss tracker" in markdown
 
   ratios = report.format_ratios(results)
   assert "tiny: tapefit fused" in ratios
+  assert "numbers vs Model.fit (XLA off): holds (bit-identical" in ratios
   assert "the hand-written TensorFlow XLA loop spends" in ratios  # Its clipnorm share.
   assert "fit defaults" in ratios and "fit best" in ratios
   if results["jax"]["available"]:
@@ -125,6 +136,26 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
     assert os.path.getsize(paths["png"]) > 0
     with open(paths["png"], "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("jit_compile, shift, holds", [
+    (False, 0.0, True), (False, 1e-6, False), (True, 5e-7, True), (True, 2e-6, False)])
+def test_check_numbers_applies_the_exactness_bar(monkeypatch, jit_compile, shift, holds):
+  """Bit-identical with XLA off, within 1e-6 relative with XLA on: a weight moved
+  by `shift` (relative) passes or fails accordingly."""
+  def run_both(build, x, y, **kwargs):
+    model = build()
+    weights = [w.numpy() for w in model.weights]
+    moved = [w * (1 + shift) if i == 0 else w for i, w in enumerate(weights)]
+    history = {"loss": [1.0, 0.5]}
+    return fit_compare.Comparison(history, dict(history), weights, moved, 6, 6, {}, {})
+
+  monkeypatch.setattr(suite.compare, "run_both", run_both)
+  config = suite.BenchConfig(models=("tiny",))
+  check = suite.check_numbers(models.SPECS["tiny"], 3, jit_compile, config)
+  assert check["holds"] is holds
+  assert check["verdict"].startswith("holds" if holds else "FAILS")
+  assert check["max_abs"]["weights"] > 0 or shift == 0
 
 
 def test_config_rejects_unknown_models_and_settings():

@@ -5,7 +5,8 @@ equality with `fit` is made by the same code.
 
     result = run_both(build, x, y, batch_size=32, epochs=2, shuffle=False)
     result.assert_bit_identical()           # XLA off
-    result.assert_within(rel=1e-6)          # XLA on
+    result.assert_within(rel=XLA_REL_BOUND) # XLA on
+    absolute, max_rel = result.measure()    # the numbers behind both
 
 `build()` must return a freshly built *and compiled* model (a new optimizer
 every call); the second model gets the first one's weights, including
@@ -20,6 +21,25 @@ import keras
 import numpy as np
 
 from trainer import loop
+
+# The exactness bar: with XLA off every number is bit-identical to fit's; with
+# XLA on, within this relative bound (XLA may fuse and reorder float math
+# differently in two programs that compute the same step).
+XLA_REL_BOUND = 1e-6
+
+
+def diffs(a, b):
+  """Elementwise (|a - b|, |a - b| / |a|) in float64; equal values (NaN and NaN
+  included) give 0, a NaN against a number gives inf, as does any difference
+  from an exact 0."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  same = (a == b) | (np.isnan(a) & np.isnan(b))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    absolute = np.where(same, 0.0, np.abs(a - b))
+    absolute = np.where(np.isnan(absolute), np.inf, absolute)
+    relative = np.where(same, 0.0, np.where(a == 0, np.inf, absolute / np.abs(a)))
+  return absolute, relative
 
 
 @dataclasses.dataclass
@@ -65,6 +85,19 @@ class Comparison:
   def max_abs_diff(self):
     return max(float(np.max(np.abs(a - b))) for a, b in self.differences().values())
 
+  def measure(self):
+    """({"history"|"evaluate"|"weights": max |keras - tapefit|}, max relative diff)."""
+    out = {"history": 0.0, "evaluate": 0.0, "weights": 0.0}
+    max_rel = 0.0
+    for name, (a, b) in self.differences().items():
+      group = {"history": "history", "evaluate": "evaluate", "weight": "weights"}[
+          name.split("/")[0]]
+      absolute, relative = diffs(a, b)
+      if absolute.size:
+        out[group] = max(out[group], float(np.max(absolute)))
+        max_rel = max(max_rel, float(np.max(relative)))
+    return out, max_rel
+
   def _check_structure(self):
     assert sorted(self.keras_history) == sorted(self.tapefit_history), (
         sorted(self.keras_history), sorted(self.tapefit_history))
@@ -103,13 +136,15 @@ def copy_state(source, target):
 
 
 def run_both(build, x, y=None, *, eval_x=None, eval_y=None, eval_kwargs=None,
-             evaluate=True, **fit_kwargs):
+             evaluate=True, tapefit_kwargs=None, **fit_kwargs):
   """Fits a Keras-trained and a tapefit-trained copy of `build()`.
 
   `fit_kwargs` go to both `Model.fit` and `trainer.fit` unchanged; verbose is
-  0 unless given. `evaluate` compares `Model.evaluate` with
+  0 unless given. `tapefit_kwargs` (e.g. `xla_scope`) go to `trainer.fit` and
+  `trainer.evaluate` only. `evaluate` compares `Model.evaluate` with
   `trainer.evaluate` on (eval_x, eval_y), default the training data.
   """
+  tapefit_kwargs = dict(tapefit_kwargs or {})
   fit_kwargs.setdefault("verbose", 0)
   keras.utils.set_random_seed(1234)
   reference = build()
@@ -117,7 +152,7 @@ def run_both(build, x, y=None, *, eval_x=None, eval_y=None, eval_kwargs=None,
   ours = build()
   copy_state(reference, ours)
   keras_history = reference.fit(x, y, **fit_kwargs).history
-  tapefit_history = loop.fit(ours, x, y, **fit_kwargs).history
+  tapefit_history = loop.fit(ours, x, y, **fit_kwargs, **tapefit_kwargs).history
   eval_kwargs = dict(eval_kwargs or {})
   eval_kwargs.setdefault("verbose", 0)
   keras_eval, tapefit_eval = {}, {}
@@ -125,6 +160,7 @@ def run_both(build, x, y=None, *, eval_x=None, eval_y=None, eval_kwargs=None,
     ex = x if eval_x is None else eval_x
     ey = y if eval_x is None else eval_y
     keras_eval = reference.evaluate(ex, ey, return_dict=True, **eval_kwargs)
-    tapefit_eval = loop.evaluate(ours, ex, ey, return_dict=True, **eval_kwargs)
+    tapefit_eval = loop.evaluate(ours, ex, ey, return_dict=True, **eval_kwargs,
+                                 **tapefit_kwargs)
   return Comparison.of(reference, ours, keras_history, tapefit_history, keras_eval,
                        tapefit_eval)
