@@ -237,14 +237,18 @@ def test_y_count_does_not_match_outputs():
           x, [y, labels(), y])
 
 
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "tf.Tensor"])
 @pytest.mark.parametrize("bad", [
     {"x": np.nan}, {"x": np.inf}, {"y": np.nan}, {"y": -np.inf}], ids=str)
-def test_non_finite_values(bad):
+def test_non_finite_values(bad, as_tensor):
+  """NumPy arrays and tf.Tensors (checked on their device) alike."""
   x, y = data()
   arrays = {"x": x, "y": y}
   (name, value), = bad.items()
   arrays[name] = arrays[name].copy()
   arrays[name][3, 0] = value
+  if as_tensor:
+    arrays = {k: tf.constant(v) for k, v in arrays.items()}
   rejects(dense(), ValueError, says(f"`{name}`", "1 non-finite", "finite"), trainer.fit,
           arrays["x"], arrays["y"])
 

@@ -223,13 +223,29 @@ def check_arrays(x, y, sample_weight, class_weight,
     if structure is None:
       continue
     for path, leaf in tree.flatten_with_path(structure):
+      if _all_finite(leaf):
+        continue
       leaf = np.asarray(leaf)
-      if leaf.dtype.kind in "fc" and not np.all(np.isfinite(leaf)):
-        bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(leaf)))
-        raise ValueError(
-            f"`{name}{_path(path)}` ({_describe(leaf)}) holds {bad} non-finite "
-            "value(s) (NaN or Inf); expected finite numbers, since one NaN makes the "
-            "loss NaN.")
+      bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(leaf)))
+      raise ValueError(
+          f"`{name}{_path(path)}` ({_describe(leaf)}) holds {bad} non-finite "
+          "value(s) (NaN or Inf); expected finite numbers, since one NaN makes the "
+          "loss NaN.")
+
+
+def _all_finite(leaf):
+  """True when `leaf` has no NaN or Inf (non-float leaves always). A tf.Tensor
+  is checked where it lives (only the verdict comes back, not the data)."""
+  if isinstance(leaf, tf.Tensor):
+    if not (leaf.dtype.is_floating or leaf.dtype.is_complex):
+      return True
+    values = tf.math.real(leaf) if leaf.dtype.is_complex else leaf
+    finite = tf.math.is_finite(values)
+    if leaf.dtype.is_complex:
+      finite = tf.logical_and(finite, tf.math.is_finite(tf.math.imag(leaf)))
+    return bool(tf.reduce_all(finite))
+  leaf = np.asarray(leaf)
+  return leaf.dtype.kind not in "fc" or bool(np.all(np.isfinite(leaf)))
 
 
 def _dims_match(a, b):
