@@ -15,37 +15,20 @@ issue asked for the functional variant only if measurement shows it wins.
 """
 
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks.raw_tf_loop import build  # noqa: E402
+from benchmarks import raw_tf_loop  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 100, "Steps per compiled call.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per variant.", lower_bound=1)
 
 
-def measure(steps, repeats):
-  """{variant: median µs per step}, timed in alternation after two warm-up calls each."""
-  import numpy as np
-  loops = dict(zip(("stateful", "functional"), build(steps)))
-  for loop in loops.values():
-    loop().numpy()
-    loop().numpy()
-  times = {name: [] for name in loops}
-  for _ in range(repeats):
-    for name, loop in loops.items():
-      start = time.perf_counter()
-      loop().numpy()
-      times[name].append((time.perf_counter() - start) / steps * 1e6)
-  return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def main(argv):
   del argv
-  result = measure(_STEPS.value, _REPEATS.value)
+  result = raw_tf_loop.measure_carry(_STEPS.value, _REPEATS.value)
   for name, micros in result.items():
     print(f"{name:10s} {micros:7.1f} µs/step")
   print(f"functional / stateful = {result['functional'] / result['stateful']:.3f}")

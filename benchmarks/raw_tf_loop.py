@@ -14,21 +14,36 @@ written directly with `tf.GradientTape`, in two forms:
 
 `benchmarks.carry_probe` compares the two forms; `benchmarks.suite` times
 the stateful one next to tapefit and the JAX peer, as what TensorFlow's XLA
-reaches on this step without any framework around it.
+reaches on this step without any framework around it. `benchmarks.clip_probe`
+times the ways of computing the six clipnorm norms (`CLIPS`).
 """
 
 BATCH, DIM, HIDDEN = 64, 32, 64
 LR, BETA1, BETA2, EPSILON, CLIPNORM, L2 = 1e-3, 0.9, 0.999, 1e-7, 1.0, 1e-4
 
+# How `build` computes clipnorm's per-variable norms ||g_k||:
+#   per_variable   one reduce_sum(g_k * g_k) per variable (Keras's and tapefit's way)
+#   concat_dot     all g_k * g_k flattened into one row, times a constant 0/1
+#                  matrix whose column k selects variable k: one matmul
+#   segment_sum    the same row summed by `unsorted_segment_sum` over variable ids
+#   none           no clipping
+# The last two change the summation order (so the numbers, by an ulp or so).
+CLIPS = ("per_variable", "concat_dot", "segment_sum", "none")
 
-def build(steps, seed=0, clip=True):
+
+def build(steps, seed=0, clip="per_variable"):
   """Returns (stateful, functional) compiled loops over the same data and state.
 
-  `clip=False` leaves out the per-variable clipnorm (the gradients go to Adam
-  as they are), to measure what clipping costs TensorFlow's XLA itself.
+  `clip`: one of CLIPS (True means "per_variable", False "none"). "none"
+  leaves out clipnorm (the gradients go to Adam as they are), to measure
+  what clipping costs TensorFlow's XLA itself.
   """
   import numpy as np
   import tensorflow as tf
+
+  clip = {True: "per_variable", False: "none"}.get(clip, clip)
+  if clip not in CLIPS:
+    raise ValueError(f"`clip` ({clip!r}) must be one of {CLIPS}.")
 
   rng = np.random.default_rng(seed)
   xs = tf.constant(rng.normal(size=(steps, BATCH, DIM)).astype("float32"))
@@ -45,10 +60,29 @@ def build(steps, seed=0, clip=True):
           tf.square(w[0]))
     return loss, tape.gradient(loss, w)
 
-  def clip_one(g):
-    if not clip:
-      return g
-    return g * CLIPNORM / tf.maximum(tf.sqrt(tf.reduce_sum(g * g)), CLIPNORM)
+  sizes = [int(np.prod(shape)) for shape in shapes]
+  variable_of = np.repeat(np.arange(len(sizes)), sizes)  # Variable id of each element.
+  selector = np.zeros((sum(sizes), len(sizes)), np.float32)
+  selector[np.arange(sum(sizes)), variable_of] = 1.0
+  selector, variable_of = tf.constant(selector), tf.constant(variable_of)
+
+  def squared_norms(g):
+    """[||g_k||^2 for each variable k], the way `clip` asks for."""
+    if clip == "per_variable":
+      return [tf.reduce_sum(gi * gi) for gi in g]
+    if clip == "concat_dot":
+      row = tf.concat([tf.reshape(gi * gi, [1, -1]) for gi in g], axis=1)
+      sums = tf.reshape(row @ selector, [-1])
+    else:
+      row = tf.concat([tf.reshape(gi * gi, [-1]) for gi in g], axis=0)
+      sums = tf.math.unsorted_segment_sum(row, variable_of, len(sizes))
+    return [sums[k] for k in range(len(sizes))]
+
+  def clipped(g):
+    if clip == "none":
+      return list(g)
+    return [gi * CLIPNORM / tf.maximum(tf.sqrt(sq), CLIPNORM)
+            for gi, sq in zip(g, squared_norms(g))]
 
   def adam(w, m, v, g, t):
     m = [BETA1 * mi + (1 - BETA1) * gi for mi, gi in zip(m, g)]
@@ -71,7 +105,7 @@ def build(steps, seed=0, clip=True):
       loss, g = loss_and_grads([a.read_value() for a in w_s], tf.gather(xs, i),
                                tf.gather(ys, i))
       new = adam([a.read_value() for a in w_s], [a.read_value() for a in m_s],
-                 [a.read_value() for a in v_s], [clip_one(gi) for gi in g], t)
+                 [a.read_value() for a in v_s], clipped(g), t)
       for var, value in zip(w_s + m_s + v_s, new[0] + new[1] + new[2]):
         var.assign(value)
       total_s.assign_add(loss)
@@ -86,7 +120,7 @@ def build(steps, seed=0, clip=True):
     def body(i, w, m, v, t, total):
       t = t + 1.0
       loss, g = loss_and_grads(w, tf.gather(xs, i), tf.gather(ys, i))
-      w, m, v = adam(w, m, v, [clip_one(gi) for gi in g], t)
+      w, m, v = adam(w, m, v, clipped(g), t)
       return i + 1, w, m, v, t, total + loss
     carried = tf.while_loop(
         lambda i, *rest: i < steps, body,
@@ -100,3 +134,24 @@ def build(steps, seed=0, clip=True):
     return total
 
   return stateful, functional
+
+
+def measure_carry(steps, repeats):
+  """{"stateful"|"functional": median µs per step}, interleaved (`benchmarks.carry_probe`)."""
+  from benchmarks import timing
+  loops = dict(zip(("stateful", "functional"), build(steps)))
+  return timing.loop_medians(loops, steps, repeats, min_sample_s=0.0)
+
+
+def measure_clips(steps, repeats, min_sample_s=0.05):
+  """{form in CLIPS: median µs per step} of the stateful loop, interleaved
+  (`benchmarks.clip_probe`)."""
+  from benchmarks import timing
+  loops = {clip: build(steps, clip=clip)[0] for clip in CLIPS}
+  return timing.loop_medians(loops, steps, repeats, min_sample_s)
+
+
+def clip_shares(result):
+  """{form: 100 * (1 - unclipped / clipped)}: the share of each step spent clipping."""
+  return {name: 100.0 * (1.0 - result["none"] / micros)
+          for name, micros in result.items() if name != "none"}

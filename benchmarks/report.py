@@ -120,6 +120,19 @@ def stage_table(results):
     lines.append(f"| {name} | trainer.fit fused (adds fit's per-epoch Python) | whole "
                  f"| {_fmt_us(fit['median'])} | {100 * fit['median'] / full['median']:.0f}% "
                  f"| {_fmt_us(fit['q1'])}–{_fmt_us(fit['q3'])} |")
+    call_us = (stage.get("call_overhead_us") or {}).get("full")
+    if call_us is not None:
+      steps = stage["steps"]
+      per = call_us / steps
+      rest = fit["median"] - full["median"] - per
+      lines.append(f"| {name} | fixed cost of one compiled call (the full loop run for 0 "
+                   f"steps: {_fmt_us(call_us)} per call, over {steps} steps) | whole "
+                   f"| {_fmt_us(per)} | {100 * per / full['median']:.1f}% | |")
+      lines.append(f"| {name} | rest of trainer.fit's per-call cost (trainer.fit fused - "
+                   f"full step - fixed cost: {_fmt_us(rest * steps)} per call; its Python, "
+                   f"copying x and y to the device, reading a fresh copy of the data where "
+                   f"the own loop rereads cached constants) | difference "
+                   f"| {_fmt_us(rest)} | {100 * rest / full['median']:.1f}% | |")
     for row in stage["rows"]:
       if row["us"] is None:
         lines.append(f"| {name} | {row['stage']} | {row['method']} | n/a "

@@ -209,8 +209,8 @@ def _measure_model(spec, config, rate, log, jax_status):
     # while loop: what TensorFlow's XLA itself reaches, next to the JAX peer.
     # Without clipping too: what clipnorm costs TensorFlow's XLA itself.
     for kind, clip, label in (
-        ("tf_raw_loop", True, "hand-written TensorFlow XLA loop (no Keras, no metrics)"),
-        ("tf_raw_loop_noclip", False, "hand-written TensorFlow XLA loop without clipping")):
+        ("tf_raw_loop", "per_variable", "hand-written TensorFlow XLA loop (no Keras, no metrics)"),
+        ("tf_raw_loop_noclip", "none", "hand-written TensorFlow XLA loop without clipping")):
       loop, _ = raw_tf_loop.build(steps, seed=config.seed, clip=clip)
       epoch = _numpy_call(loop)
       warm = [timing.time_call(epoch) for _ in range(config.warmup)]

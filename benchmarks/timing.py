@@ -87,6 +87,18 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, *,
   return samples
 
 
+def loop_medians(loops, steps, repeats, min_sample_s=0.05):
+  """{name: median µs per step} of compiled loops (one call runs `steps` steps and
+  returns a tensor), each warmed up twice, then timed in interleaved rounds."""
+  runners = {name: (lambda loop=loop: loop().numpy()) for name, loop in loops.items()}
+  for run in runners.values():
+    run()
+    run()
+  calls = {name: calls_per_sample(run, min_sample_s) for name, run in runners.items()}
+  samples = interleaved(runners, repeats, calls=calls)
+  return {name: statistics.median(s) / steps * 1e6 for name, s in samples.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Stats:
   """Order statistics of a list of samples (same unit as the samples)."""

@@ -109,6 +109,8 @@ def test_tiny_run_writes_json_markdown_and_chart(tmp_path):
     runs = 1 if kind in variants.XLA_ONLY else 2  # XLA on (and off).
     assert markdown.count(f"| tiny | {label} (spe=") == runs
   assert "## Stages of the fused XLA step" in markdown
+  assert "| tiny | fixed cost of one compiled call (the full loop run for 0 steps" in markdown
+  assert "| tiny | rest of trainer.fit's per-call cost" in markdown
   assert "## Numbers against Model.fit" in markdown
   assert markdown.count("| tiny | off | bit-identical | 0 | 0 | 0 | 0 | 6 / 6 | holds |") == 1
   assert "clipping + metrics + loss tracker" in markdown
@@ -169,10 +171,33 @@ def test_config_rejects_unknown_models_and_settings():
 
 def test_carry_probe_runs_both_loops():
   """Smoke only: both compiled loops run and report a time (no timing assertion)."""
-  from benchmarks import carry_probe
-  result = carry_probe.measure(steps=3, repeats=1)
+  from benchmarks import raw_tf_loop
+  result = raw_tf_loop.measure_carry(steps=3, repeats=1)
   assert set(result) == {"stateful", "functional"}
   assert all(value > 0 for value in result.values())
+
+
+def test_clip_probe_runs_every_way_of_computing_the_norms():
+  """Smoke, plus the share formula; no timing assertion."""
+  from benchmarks import raw_tf_loop
+  result = raw_tf_loop.measure_clips(steps=3, repeats=1, min_sample_s=0.0)
+  assert set(result) == set(raw_tf_loop.CLIPS)
+  assert all(value > 0 for value in result.values())
+  shares = raw_tf_loop.clip_shares({"per_variable": 80.0, "concat_dot": 100.0, "none": 60.0})
+  assert shares == {"per_variable": 25.0, "concat_dot": 40.0}
+
+
+def test_raw_loop_norm_forms_clip_alike():
+  """The fused norm forms compute the same clipped step as the per-variable one,
+  up to summation order (float32 rounding), and clipping does change the step."""
+  from benchmarks import raw_tf_loop
+  totals = {clip: float(raw_tf_loop.build(5, clip=clip)[0]().numpy())
+            for clip in raw_tf_loop.CLIPS}
+  for clip in ("concat_dot", "segment_sum"):
+    assert abs(totals[clip] - totals["per_variable"]) <= 1e-5 * abs(totals["per_variable"])
+  assert totals["none"] != totals["per_variable"]
+  with pytest.raises(ValueError, match="`clip`"):
+    raw_tf_loop.build(1, clip="fused")
 
 
 def test_conv_probe_counts_the_step_convolutions_and_gives_the_kernel_floor():
@@ -204,7 +229,8 @@ def test_the_command_lines_define_their_flags_without_conflicts():
   import subprocess
   import sys
   for module, flag in (("benchmarks.step_time", "--min_sample_s"),
-                       ("benchmarks.carry_probe", "--repeats")):
+                       ("benchmarks.carry_probe", "--repeats"),
+                       ("benchmarks.clip_probe", "--min_sample_s")):
     done = subprocess.run([sys.executable, "-m", module, "--helpshort"], capture_output=True,
                           text=True, timeout=300, check=False)
     # absl's --helpshort prints the module's flags and exits with status 1.
