@@ -23,10 +23,9 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV)
 
-# The step-time benchmark (benchmarks/step_time.py): installs '.[bench,jax]' (matplotlib,
-# and jax + optax for the JAX peer) into .venv, then times fit vs tapefit vs JAX;
-# outputs in out/bench. ARGS passes flags.
+# The step-time benchmark (benchmarks/step_time.py): with the same .venv (the 'bench'
+# extra brings matplotlib and jax + optax for the JAX peer), times fit vs tapefit vs
+# JAX; outputs in out/bench. ARGS passes flags.
 .PHONY: bench
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[bench,jax]'
 	$(BIN)/python -m benchmarks.step_time $(ARGS)

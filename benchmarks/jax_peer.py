@@ -23,7 +23,7 @@ XLA itself spends on the work tapefit's clipping + metrics share measures.
 import dataclasses
 from typing import Optional, Tuple
 
-SKIP_MESSAGE = "skipped: jax/optax not installed (pip install -e '.[jax]', or make bench)"
+SKIP_MESSAGE = "skipped: jax/optax not installed (pip install -e '.[bench]', or make bench)"
 
 
 @dataclasses.dataclass(frozen=True)
