@@ -34,14 +34,12 @@ CLIPS = ("per_variable", "concat_dot", "segment_sum", "none")
 def build(steps, seed=0, clip="per_variable"):
   """Returns (stateful, functional) compiled loops over the same data and state.
 
-  `clip`: one of CLIPS (True means "per_variable", False "none"). "none"
-  leaves out clipnorm (the gradients go to Adam as they are), to measure
+  `clip`: one of CLIPS. "none" leaves out clipnorm (the gradients go to Adam as they are), to measure
   what clipping costs TensorFlow's XLA itself.
   """
   import numpy as np
   import tensorflow as tf
 
-  clip = {True: "per_variable", False: "none"}.get(clip, clip)
   if clip not in CLIPS:
     raise ValueError(f"`clip` ({clip!r}) must be one of {CLIPS}.")
 

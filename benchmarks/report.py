@@ -14,6 +14,7 @@ import json
 import os
 
 from benchmarks import floor, jax_peer, variants
+from trainer import compare
 
 TARGETS = {
     "tiny": {"vs_fit_default": 20.0, "vs_fit_best": 5.0, "vs_jax": 1.3},
@@ -159,15 +160,11 @@ def exactness_table(results):
       continue
     a = check["max_abs"]
     lines.append(
-        f"| {name} | {xla} | {check['bar']} | {_fmt_diff(a['history'])} "
-        f"| {_fmt_diff(a['evaluate'])} | {_fmt_diff(a['weights'])} "
-        f"| {_fmt_diff(check['max_rel'])} | {check['iterations'][0]} / "
+        f"| {name} | {xla} | {check['bar']} | {compare.format_diff(a['history'])} "
+        f"| {compare.format_diff(a['evaluate'])} | {compare.format_diff(a['weights'])} "
+        f"| {compare.format_diff(check['max_rel'])} | {check['iterations'][0]} / "
         f"{check['iterations'][1]} | {'holds' if check['holds'] else 'FAILS'} |")
   return "\n".join(lines)
-
-
-def _fmt_diff(value):
-  return "0" if value == 0 else f"{value:.3g}"
 
 
 def format_markdown(results):
@@ -214,7 +211,7 @@ def format_markdown(results):
               f"(`benchmarks.suite.check_numbers`). Columns: max |fit - tapefit| over "
               f"every History value, the evaluate results and the final weights; 0 is "
               f"bit-identical. The bar is the exactness matrix's: bit-identical with XLA "
-              f"off, within 1e-6 relative with XLA on.", "", exact_md]
+              f"off, within {compare.XLA_REL_BOUND:g} relative with XLA on.", "", exact_md]
   stages_md = stage_table(results)
   if stages_md:
     parts += ["", "## Stages of the fused XLA step", "",

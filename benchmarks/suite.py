@@ -123,11 +123,6 @@ def fit_default_xla():
   return bool(model.jit_compile)
 
 
-def _numpy_call(fn):
-  """fn() and its result read back to the host: one timed epoch of a raw loop."""
-  return lambda: fn().numpy()
-
-
 def _us(seconds, steps):
   return seconds / steps * 1e6
 
@@ -212,7 +207,7 @@ def _measure_model(spec, config, rate, log, jax_status):
         ("tf_raw_loop", "per_variable", "hand-written TensorFlow XLA loop (no Keras, no metrics)"),
         ("tf_raw_loop_noclip", "none", "hand-written TensorFlow XLA loop without clipping")):
       loop, _ = raw_tf_loop.build(steps, seed=config.seed, clip=clip)
-      epoch = _numpy_call(loop)
+      epoch = timing.numpy_call(loop)
       warm = [timing.time_call(epoch) for _ in range(config.warmup)]
       runners[f"{kind}/xla"] = epoch
       entries[f"{kind}/xla"] = {"kind": kind, "xla": True, "label": label,
@@ -257,9 +252,10 @@ def _measure_model(spec, config, rate, log, jax_status):
   exactness = {}
   if config.exactness:
     for jit in config.xla_settings:
-      exactness["xla" if jit else "noxla"] = check_numbers(spec, steps, jit, config)
+      check = check_numbers(spec, steps, jit, config)
+      exactness["xla" if jit else "noxla"] = check
       log(f"[{spec.name}] numbers vs Model.fit, XLA {'on' if jit else 'off'}: "
-          f"{exactness['xla' if jit else 'noxla']['verdict']}")
+          f"{check['verdict']}")
   notes = []
   if capped_steps:
     notes.append(f"{spec.name}: {steps} steps/epoch (capped from {config.steps}: slow "
@@ -293,24 +289,21 @@ def check_numbers(spec, steps, jit_compile, config):
                                     steps_per_execution=steps, seed=config.seed),
       x, y, batch_size=spec.batch_size, epochs=EXACTNESS_EPOCHS, shuffle=False,
       tapefit_kwargs={"xla_scope": config.fused_xla_scope})
-  same_run = (sorted(comparison.keras_history) == sorted(comparison.tapefit_history)
-              and comparison.keras_iterations == comparison.tapefit_iterations)
-  if not same_run:
-    return {"epochs": EXACTNESS_EPOCHS, "holds": False, "verdict": (
-        f"FAILS: History keys {sorted(comparison.keras_history)} vs "
-        f"{sorted(comparison.tapefit_history)}, iterations {comparison.keras_iterations} vs "
-        f"{comparison.tapefit_iterations}")}
+  mismatch = comparison.structure_mismatch()
+  if mismatch is not None:
+    return {"epochs": EXACTNESS_EPOCHS, "holds": False, "verdict": f"FAILS: {mismatch}"}
   absolute, max_rel = comparison.measure()
   if jit_compile:
     bar, holds = f"within {compare.XLA_REL_BOUND:g} relative", max_rel <= compare.XLA_REL_BOUND
   else:
     bar, holds = "bit-identical", max(absolute.values()) == 0
+  diff = compare.format_diff
   return {"epochs": EXACTNESS_EPOCHS, "max_abs": absolute, "max_rel": max_rel, "bar": bar,
           "holds": bool(holds),
           "iterations": [comparison.keras_iterations, comparison.tapefit_iterations],
           "verdict": (f"{'holds' if holds else 'FAILS'} ({bar}; max |diff| History "
-                      f"{absolute['history']:.3g}, evaluate {absolute['evaluate']:.3g}, "
-                      f"weights {absolute['weights']:.3g}; max rel {max_rel:.3g})")}
+                      f"{diff(absolute['history'])}, evaluate {diff(absolute['evaluate'])}, "
+                      f"weights {diff(absolute['weights'])}; max rel {diff(max_rel)})")}
 
 
 def run(config: BenchConfig, log: Optional[Callable[[str], None]] = print):

@@ -87,10 +87,16 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, *,
   return samples
 
 
+def numpy_call(fn):
+  """fn() with its result read back to the host: one timed call of a compiled loop
+  (the read waits for the device)."""
+  return lambda: fn().numpy()
+
+
 def loop_medians(loops, steps, repeats, min_sample_s=0.05):
   """{name: median µs per step} of compiled loops (one call runs `steps` steps and
   returns a tensor), each warmed up twice, then timed in interleaved rounds."""
-  runners = {name: (lambda loop=loop: loop().numpy()) for name, loop in loops.items()}
+  runners = {name: numpy_call(loop) for name, loop in loops.items()}
   for run in runners.values():
     run()
     run()

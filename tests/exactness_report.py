@@ -26,10 +26,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import exactness_cases as cases  # noqa: E402
-
-
-def _fmt(value):
-  return "0" if value == 0 else f"{value:.3g}"
+from trainer.compare import format_diff  # noqa: E402
 
 
 def run(selected):
@@ -86,8 +83,9 @@ def markdown(rows):
     case, absolute = row["case"], row["absolute"]
     lines.append(
         f"| `{case.name}` | {'on' if case.xla else 'off'} | {case.bound} "
-        f"| {_fmt(absolute['history'])} | {_fmt(absolute['evaluate'])} "
-        f"| {_fmt(absolute['weights'])} | {_fmt(row['max_rel'])} | {row['iterations']} "
+        f"| {format_diff(absolute['history'])} | {format_diff(absolute['evaluate'])} "
+        f"| {format_diff(absolute['weights'])} | {format_diff(row['max_rel'])} "
+        f"| {row['iterations']} "
         f"| {row['status']} |")
   lines += ["", "## What each case covers", ""]
   for row in rows:

@@ -253,6 +253,18 @@ def test_non_finite_values(bad, as_tensor):
           arrays["x"], arrays["y"])
 
 
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "tf.Tensor"])
+def test_non_finite_imaginary_part(as_tensor):
+  """A complex value is finite only when both parts are."""
+  x = np.ones((N, 2), np.complex64)
+  x[1, 1] = complex(1.0, np.inf)
+  x = tf.constant(x) if as_tensor else x
+  with pytest.raises(ValueError, match="`x` .* holds 1 non-finite"):
+    checks.check_arrays(x, None, None, None)
+  checks.check_arrays(np.ones((N, 2), np.complex64) if not as_tensor
+                      else tf.ones((N, 2), tf.complex64), None, None, None)
+
+
 def test_non_finite_sample_weight():
   x, y = data()
   weights = np.ones(N)

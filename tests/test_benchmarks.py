@@ -160,6 +160,19 @@ def test_check_numbers_applies_the_exactness_bar(monkeypatch, jit_compile, shift
   assert check["max_abs"]["weights"] > 0 or shift == 0
 
 
+def test_check_numbers_fails_runs_that_cannot_be_compared(monkeypatch):
+  """Another optimizer step count is a failure whatever the values say."""
+  def run_both(build, x, y, **kwargs):
+    weights = [w.numpy() for w in build().weights]
+    history = {"loss": [1.0, 0.5]}
+    return fit_compare.Comparison(history, dict(history), weights, weights, 6, 5, {}, {})
+
+  monkeypatch.setattr(suite.compare, "run_both", run_both)
+  check = suite.check_numbers(models.SPECS["tiny"], 3, False, suite.BenchConfig())
+  assert check["holds"] is False
+  assert check["verdict"] == "FAILS: iterations 6 vs 5"
+
+
 def test_config_rejects_unknown_models_and_settings():
   with pytest.raises(ValueError, match="models"):
     suite.BenchConfig(models=("resnet",))

@@ -237,13 +237,9 @@ def _all_finite(leaf):
   """True when `leaf` has no NaN or Inf (non-float leaves always). A tf.Tensor
   is checked where it lives (only the verdict comes back, not the data)."""
   if isinstance(leaf, tf.Tensor):
-    if not (leaf.dtype.is_floating or leaf.dtype.is_complex):
-      return True
-    values = tf.math.real(leaf) if leaf.dtype.is_complex else leaf
-    finite = tf.math.is_finite(values)
-    if leaf.dtype.is_complex:
-      finite = tf.logical_and(finite, tf.math.is_finite(tf.math.imag(leaf)))
-    return bool(tf.reduce_all(finite))
+    if leaf.dtype.is_complex:  # Finite when both parts are, as np.isfinite has it.
+      return _all_finite(tf.math.real(leaf)) and _all_finite(tf.math.imag(leaf))
+    return not leaf.dtype.is_floating or bool(tf.reduce_all(tf.math.is_finite(leaf)))
   leaf = np.asarray(leaf)
   return leaf.dtype.kind not in "fc" or bool(np.all(np.isfinite(leaf)))
 

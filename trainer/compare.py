@@ -42,6 +42,11 @@ def diffs(a, b):
   return absolute, relative
 
 
+def format_diff(value):
+  """A difference for a table: "0" when bit-identical, else 3 significant digits."""
+  return "0" if value == 0 else f"{value:.3g}"
+
+
 @dataclasses.dataclass
 class Comparison:
   keras_history: Dict[str, List[float]]
@@ -98,15 +103,28 @@ class Comparison:
         max_rel = max(max_rel, float(np.max(relative)))
     return out, max_rel
 
-  def _check_structure(self):
-    assert sorted(self.keras_history) == sorted(self.tapefit_history), (
-        sorted(self.keras_history), sorted(self.tapefit_history))
+  def structure_mismatch(self):
+    """What makes the two runs incomparable value by value, or None: other
+    History keys or epochs, other evaluate keys, another number of weights,
+    another optimizer step count."""
+    if sorted(self.keras_history) != sorted(self.tapefit_history):
+      return (f"History keys {sorted(self.keras_history)} vs "
+              f"{sorted(self.tapefit_history)}")
     for key in self.keras_history:
-      assert len(self.keras_history[key]) == len(self.tapefit_history[key]), key
-    assert sorted(self.keras_eval) == sorted(self.tapefit_eval)
-    assert len(self.keras_weights) == len(self.tapefit_weights)
-    assert self.keras_iterations == self.tapefit_iterations, (
-        self.keras_iterations, self.tapefit_iterations)
+      if len(self.keras_history[key]) != len(self.tapefit_history[key]):
+        return (f"History[{key!r}] has {len(self.keras_history[key])} vs "
+                f"{len(self.tapefit_history[key])} epochs")
+    if sorted(self.keras_eval) != sorted(self.tapefit_eval):
+      return f"evaluate keys {sorted(self.keras_eval)} vs {sorted(self.tapefit_eval)}"
+    if len(self.keras_weights) != len(self.tapefit_weights):
+      return f"{len(self.keras_weights)} vs {len(self.tapefit_weights)} weights"
+    if self.keras_iterations != self.tapefit_iterations:
+      return f"iterations {self.keras_iterations} vs {self.tapefit_iterations}"
+    return None
+
+  def _check_structure(self):
+    mismatch = self.structure_mismatch()
+    assert mismatch is None, mismatch
 
   def assert_bit_identical(self):
     """Every History value, evaluate result and weight equal, bit for bit."""
